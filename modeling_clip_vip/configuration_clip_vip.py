@@ -7,6 +7,12 @@ from transformers.configuration_utils import PreTrainedConfig
 ATTENTION_PATTERNS = ("proxy", "full")
 
 
+def architecture_fields(values: dict, config_class: type[PreTrainedConfig]) -> dict:
+    """The entries of `values` that are `config_class`'s own settings (not `PreTrainedConfig` bookkeeping)."""
+    own = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    return {key: value for key, value in values.items() if key in own}
+
+
 @strict
 class ClipVipTextConfig(CLIPTextConfig):
     """CLIP's text transformer settings, unchanged (see `transformers.CLIPTextConfig`)."""
@@ -80,5 +86,7 @@ class ClipVipConfig(PreTrainedConfig):
             self.vision_config = ClipVipVisionConfig(**self.vision_config)
         super().__post_init__(**kwargs)
 
+
+ClipVipConfig.register_for_auto_class()
 
 __all__ = ["ClipVipConfig", "ClipVipTextConfig", "ClipVipVisionConfig"]
