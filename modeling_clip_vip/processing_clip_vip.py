@@ -274,7 +274,9 @@ def _is_single_video(item) -> bool:
         return True
     if isinstance(item, (np.ndarray, torch.Tensor)):
         return item.ndim == 4
-    return isinstance(item, (list, tuple)) and len(item) > 0 and isinstance(item[0], (Image.Image, np.ndarray))
+    if isinstance(item, (list, tuple)) and len(item) > 0:
+        return isinstance(item[0], Image.Image) or (isinstance(item[0], np.ndarray) and item[0].ndim == 3)
+    return False
 
 
 def _frames_tensor(frames) -> torch.Tensor:
