@@ -12,6 +12,8 @@ Evaluation: `shard_range` gives every process a contiguous block of item indices
 padding), and `gather_uneven` concatenates blocks of different lengths, empty ones included, in rank order.
 """
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
@@ -57,7 +59,10 @@ def gather_with_grad(features: dict[str, torch.Tensor]) -> tuple[dict[str, torch
     for name, tensor in features.items():
         # all_gather needs equal shapes: pad to the longest batch, then drop the padding of every block.
         padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, longest - local_rows))
-        blocks = dist_nn.all_gather(padded)
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates it for a private module; it is the public gather that carries gradients.
+            warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather is deprecated")
+            blocks = dist_nn.all_gather(padded)
         gathered[name] = torch.cat([block[:size] for block, size in zip(blocks, sizes)])
     return gathered, sum(sizes[: rank()])
 
