@@ -137,10 +137,11 @@ def ocl_loss(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     terms = parse_combination(combination)
-    missing = required_sources(combination) - features.keys()
-    if missing:
+    sources = required_sources(combination)
+    if missing := sources - features.keys():
         raise KeyError(f"combination {combination!r} needs features for {sorted(missing)}")
-    local = {name: features[name] for name in sorted(required_sources(combination))}
+    # Sorted: every process must issue its gathers in the same order.
+    local = {name: features[name] for name in sorted(sources)}
     columns, offset = gather_with_grad(local) if gather else (local, 0)
     global_rows = next(iter(columns.values())).shape[0]
     if local_loss and gather and world_size() > 1:
