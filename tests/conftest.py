@@ -19,6 +19,11 @@ TEST_WORDS = "a the red green blue yellow circle square moves left right up down
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def offline_env() -> dict[str, str]:
+    """Environment for a fresh Python process that must not reach the Hub."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
 @pytest.fixture
 def tiny_config() -> ClipVipConfig:
     return ClipVipConfig.from_pretrained(TINY_CONFIG_DIR)
