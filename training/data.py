@@ -90,12 +90,16 @@ class ClipVipBadSampleTracker:
 
 
 def _manifest_rows(
-    parts: list[int], num_parts: int, manifest: str, video_column: str, text_column: str, caption_column: str
+    parts: list[int],
+    num_parts: int,
+    rows: IterableDataset,
+    manifest: str,
+    video_column: str,
+    text_column: str,
+    caption_column: str,
 ):
-    """Rows of part(s) `parts` of a manifest, streamed; `.iter` reads the file whole in any worker."""
+    """Rows of part(s) `parts` of a streamed manifest; `.iter` reads the whole file even in a worker."""
     folder = Path(manifest).resolve().parent
-    builder = MANIFEST_BUILDERS[Path(manifest).suffix.lower()]
-    rows = load_dataset(builder, data_files=manifest, split="train", streaming=True)
     keep = set(parts)
     index = 0
     for batch in rows.iter(batch_size=256):
@@ -238,11 +242,14 @@ def build_video_text_dataset(
     if all(f.endswith(".tar") for f in files):
         rows = _webdataset_rows(files, text_column, caption_column)
     elif len(files) == 1 and Path(files[0]).suffix.lower() in MANIFEST_BUILDERS:
+        builder = MANIFEST_BUILDERS[Path(files[0]).suffix.lower()]
         rows = IterableDataset.from_generator(
             _manifest_rows,
             gen_kwargs={
                 "parts": list(range(num_parts)),
                 "num_parts": num_parts,
+                # Resolved here, once: resolving data files inside DataLoader workers races in tqdm.
+                "rows": load_dataset(builder, data_files=files[0], split="train", streaming=True),
                 "manifest": files[0],
                 "video_column": video_column,
                 "text_column": text_column,
