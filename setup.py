@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=["modeling_clip_vip", "training"],
-    package_data={"training": ["metrics/*.py"]},
+    package_data={"training": ["metrics/*/*.py"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

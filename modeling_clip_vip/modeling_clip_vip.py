@@ -581,37 +581,37 @@ class ClipVipModel(ClipVipPreTrainedModel):
         """
         `input_ids` `(B_t, S)` and `pixel_values` `(B_v, T, 3, H, W)` -> [`ClipVipOutput`] with
         `logits_per_video` `(B_v, B_t)`. `return_loss=True` adds the symmetric contrastive loss (square batches).
+        Either input may be left out to encode one modality only (no logits then): training code encodes every
+        source through this forward so that a distributed wrapper sees each call.
         """
+        if input_ids is None and pixel_values is None:
+            raise ValueError("ClipVipModel.forward needs input_ids, pixel_values or both.")
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        vision_outputs = self.get_video_features(
-            pixel_values,
-            pooled_only=not output_hidden_states,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        text_outputs = self.get_text_features(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            **kwargs,
-        )
-        video_embeds = nn.functional.normalize(vision_outputs.pooler_output, dim=-1)
-        text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
-        logits_per_text = text_embeds @ video_embeds.t() * self.logit_scale.exp()
-        logits_per_video = logits_per_text.t()
-        loss = contrastive_loss(logits_per_text) if return_loss else None
-        return ClipVipOutput(
-            loss=loss,
-            logits_per_video=logits_per_video,
-            logits_per_text=logits_per_text,
-            video_embeds=video_embeds,
-            text_embeds=text_embeds,
-            text_model_output=text_outputs,
-            vision_model_output=vision_outputs,
-        )
+        outputs = {"loss": None, "logits_per_video": None, "logits_per_text": None}
+        if pixel_values is not None:
+            outputs["vision_model_output"] = self.get_video_features(
+                pixel_values,
+                pooled_only=not output_hidden_states,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+            outputs["video_embeds"] = nn.functional.normalize(outputs["vision_model_output"].pooler_output, dim=-1)
+        if input_ids is not None:
+            outputs["text_model_output"] = self.get_text_features(
+                input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                **kwargs,
+            )
+            outputs["text_embeds"] = nn.functional.normalize(outputs["text_model_output"].pooler_output, dim=-1)
+        if pixel_values is not None and input_ids is not None:
+            logits_per_text = outputs["text_embeds"] @ outputs["video_embeds"].t() * self.logit_scale.exp()
+            outputs["logits_per_text"], outputs["logits_per_video"] = logits_per_text, logits_per_text.t()
+            outputs["loss"] = contrastive_loss(logits_per_text) if return_loss else None
+        return ClipVipOutput(**outputs)
 
 
 ClipVipModel.register_for_auto_class("AutoModel")

@@ -294,3 +294,17 @@ def test_from_clip_copies_every_clip_tensor_and_initialises_only_the_new_ones():
     class_embedding = theirs["vision_model.embeddings.class_embedding"]
     assert torch.equal(ours["vision_model.embeddings.proxy_embedding"], class_embedding.expand(3, -1))
     assert torch.count_nonzero(ours["vision_model.embeddings.temporal_embedding"]) == 0
+
+
+def test_forward_encodes_one_modality_when_the_other_is_absent(tiny_config):
+    model = tiny_model(tiny_config)
+    video, input_ids = random_video(tiny_config), torch.randint(0, 1000, (3, 8))
+    with torch.no_grad():
+        both = model(input_ids=input_ids, pixel_values=video)
+        video_only = model(pixel_values=video)
+        text_only = model(input_ids=input_ids)
+    assert video_only.logits_per_video is None and video_only.text_embeds is None
+    assert torch.equal(video_only.video_embeds, both.video_embeds)
+    assert torch.equal(text_only.text_embeds, both.text_embeds)
+    with pytest.raises(ValueError, match="needs input_ids, pixel_values or both"):
+        model()
