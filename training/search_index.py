@@ -95,16 +95,13 @@ def _neighbours_except_self(index: Any, queries: np.ndarray, rows: np.ndarray, k
     return np.stack([[r for r in hits if r != row][:k] for hits, row in zip(found, rows)])
 
 
-def _tune_nprobe(index: Any, dataset: Dataset, target_recall: float, rng: np.random.Generator) -> int:
-    """Smallest power-of-two `nprobe` whose recall@10 (neighbours of stored videos) reaches `target_recall`.
-
-    With every list probed an IVF-Flat search is exact, so that search is the reference.
-    """
-    k = min(TUNING_K, len(dataset) - 1)
+def _tune_nprobe(index: Any, queries: np.ndarray, rows: np.ndarray, target_recall: float) -> int:
+    """Smallest power-of-two `nprobe` whose recall@10 for the neighbours of stored videos (`queries`, the
+    features of `rows`) reaches `target_recall`. With every list probed an IVF-Flat search is exact: that is
+    the reference."""
+    k = min(TUNING_K, index.ntotal - 1)
     if k < 1:
         return index.nlist
-    rows = np.sort(rng.choice(len(dataset), size=min(TUNING_QUERIES, len(dataset)), replace=False))
-    queries = _read_features(dataset, rows.tolist())
     index.nprobe = index.nlist
     truth = _neighbours_except_self(index, queries, rows, k)
     nprobe = 1
@@ -206,9 +203,12 @@ class VideoIndex:
             train_rows = np.sort(rng.choice(len(dataset), size=train_size, replace=False))
             index.train(_read_features(dataset, train_rows.tolist()))
             settings["nlist"] = nlist
+            # Read before the index is attached: every formatted view of the dataset would copy the index.
+            tuning_rows = np.sort(rng.choice(len(dataset), size=min(TUNING_QUERIES, len(dataset)), replace=False))
+            tuning_queries = _read_features(dataset, tuning_rows.tolist())
         dataset.add_faiss_index(FEATURES_COLUMN, custom_index=index, batch_size=10_000)
         if index_type == "ivf":
-            settings["nprobe"] = _tune_nprobe(index, dataset, target_recall, rng)
+            settings["nprobe"] = _tune_nprobe(index, tuning_queries, tuning_rows, target_recall)
             settings["target_recall"] = target_recall
         return cls(dataset, settings)
 
