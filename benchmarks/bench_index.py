@@ -50,6 +50,7 @@ def exact_top_k(features: np.ndarray, queries: np.ndarray, k: int, chunk: int = 
 
 def measure(search: Callable[[np.ndarray, int], list[list[int]]], queries: np.ndarray, truth: np.ndarray, batch: int, k: int) -> dict:
     """Median latency of single and batched queries, and recall@k against `truth`, of `search(queries, k) -> rows`."""
+    search(queries[:batch], k)  # warm-up: first calls pay for thread start-up and page faults
     single = []
     for query in queries[:100]:
         start = time.perf_counter()
