@@ -1,0 +1,69 @@
+"""The `clip-vip` command: `clip-vip SUBCOMMAND [options]`; `clip-vip SUBCOMMAND --help` lists the options.
+
+Each subcommand parses its arguments with `HfArgumentParser` and calls a function of this package that a user
+could call from Python with the same effect.
+"""
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+ARGS_FILE_FLAG = "--args_file"
+
+
+@dataclass
+class EvaluateArguments:
+    model_dir: str = field(metadata={"help": "A saved ClipVipModel folder (with its processor)."})
+    test_file: list[str] = field(metadata={"help": "A test manifest, or .tar shards."})
+    output_dir: str = field(metadata={"help": "Where metrics.json is written."})
+    batch_size: int = 8
+    dsl: bool = field(default=False, metadata={"help": "Also report dual-softmax (DSL) metrics."})
+    video_encoder: str = field(default="proxy", metadata={"help": "'proxy' or 'mean_frames'."})
+
+
+def run_train(argv: list[str]) -> None:
+    from .train import DataArguments, ModelArguments, train
+    from .trainer import ClipVipTrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, ClipVipTrainingArguments), prog="clip-vip train")
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
+        args=argv, args_file_flag=ARGS_FILE_FLAG, look_for_args_file=False
+    )
+    trainer = train(model_args, data_args, training_args)
+    print(f"Saved the trained model to {trainer.args.output_dir}")
+
+
+def run_evaluate(argv: list[str]) -> None:
+    from .train import DataArguments, evaluate_model
+
+    parser = HfArgumentParser((EvaluateArguments, DataArguments), prog="clip-vip evaluate")
+    args, data_args = parser.parse_args_into_dataclasses(args=argv)
+    metrics = evaluate_model(
+        args.model_dir, args.test_file, args.output_dir, data_args, args.batch_size, args.dsl, args.video_encoder
+    )
+    print(json.dumps(metrics, indent=2))
+
+
+SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
+    "train": (run_train, "train with OCL (all TrainingArguments options apply)"),
+    "evaluate": (run_evaluate, "text-video retrieval metrics of a model folder on a test set"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        lines = [f"  {name:<10} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+        print("usage: clip-vip SUBCOMMAND [options]\n\nsubcommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"clip-vip: unknown subcommand {argv[0]!r}")
+        return
+    command, _ = SUBCOMMANDS[argv[0]]
+    command(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

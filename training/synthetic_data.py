@@ -1,0 +1,194 @@
+"""A generated video-text set whose texts can only be matched by watching the video in order.
+
+Each clip shows one coloured shape on a dark background doing one thing: moving left, right, up or down,
+appearing or disappearing half-way, or turning from one colour into another. Every clip gets two texts, the
+two text sources of OCL (SPEC §4):
+
+- `text` (source S), like a subtitle: informal, partly noisy, sometimes missing the colour or the shape;
+- `caption` (source C), what an image captioning model would say about the middle frame alone ("a red
+  circle near the left edge"): no motion. It stands in for `clip-vip caption` with a real captioning model.
+
+Clips that differ only in what happens over time look alike in any single frame, so retrieving them needs
+the order of the frames: these are the motion-dependent queries (`motion_dependent` in the manifest).
+Everything is seeded and deterministic. Videos are real H.264 mp4 files; the manifests are JSON lines.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .video_fixtures import write_video
+
+COLORS = {
+    "red": (230, 50, 40),
+    "green": (40, 200, 70),
+    "blue": (50, 90, 235),
+    "yellow": (235, 215, 40),
+    "white": (235, 235, 235),
+    "purple": (160, 60, 200),
+}
+SHAPES = ("circle", "square", "triangle")
+MOVES = ("left", "right", "up", "down")
+EVENTS = MOVES + ("appears", "disappears", "changes")
+BACKGROUND = (20, 20, 30)
+
+
+@dataclass
+class ClipSpec:
+    """What happens in one clip; `color_to` is the final colour of a `changes` event."""
+
+    name: str
+    shape: str
+    color: str
+    event: str
+    x: float
+    y: float
+    color_to: str | None = None
+
+    @property
+    def motion_dependent(self) -> bool:
+        """Only the order of the frames tells the direction of a move: any single frame shows a still shape."""
+        return self.event in MOVES
+
+    def state_at(self, progress: float) -> tuple[bool, str]:
+        """Whether the shape is visible at `progress` in [0, 1], and its colour then."""
+        visible = not ((self.event == "appears" and progress < 0.5) or (self.event == "disappears" and progress > 0.5))
+        color = self.color_to if self.event == "changes" and progress > 0.5 else self.color
+        return visible, color
+
+
+def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float) -> np.ndarray:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dx, dy = xs - cx, ys - cy
+    if shape == "circle":
+        return dx**2 + dy**2 <= radius**2
+    if shape == "square":
+        return (np.abs(dx) <= radius * 0.85) & (np.abs(dy) <= radius * 0.85)
+    return (dy <= radius * 0.8) & (dy >= -radius) & (np.abs(dx) <= (dy + radius) * 0.6)
+
+
+def render_clip(spec: ClipSpec, size: int = 64, num_frames: int = 16) -> np.ndarray:
+    """The clip's frames `(num_frames, size, size, 3)` uint8."""
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    radius = size * 0.14
+    travel = size * 0.5
+    for index in range(num_frames):
+        progress = index / max(num_frames - 1, 1)
+        cx, cy = spec.x * size, spec.y * size
+        step = (progress - 0.5) * travel
+        cx += {"left": -step, "right": step}.get(spec.event, 0.0)
+        cy += {"up": -step, "down": step}.get(spec.event, 0.0)
+        visible, color = spec.state_at(progress)
+        frame = np.empty((size, size, 3), dtype=np.uint8)
+        frame[:] = BACKGROUND
+        if visible:
+            frame[_shape_mask(spec.shape, size, cx, cy, radius)] = COLORS[color]
+        frames[index] = frame
+    return frames
+
+
+def _position_words(x: float, y: float) -> str:
+    horizontal = "left" if x < 0.4 else "right" if x > 0.6 else "middle"
+    vertical = "top" if y < 0.4 else "bottom" if y > 0.6 else "centre"
+    if horizontal == "middle" and vertical == "centre":
+        return "in the centre"
+    if horizontal == "middle":
+        return f"near the {vertical}"
+    if vertical == "centre":
+        return f"on the {horizontal}"
+    return f"in the {vertical} {horizontal}"
+
+
+def middle_frame_caption(spec: ClipSpec, num_frames: int) -> str:
+    """What a captioning model would say about the middle frame: colour, shape, place; never the motion."""
+    visible, color = spec.state_at((num_frames // 2) / max(num_frames - 1, 1))
+    if not visible:
+        return "an empty dark frame"
+    return f"a {color} {spec.shape} {_position_words(spec.x, spec.y)} of a dark frame"
+
+
+def original_text(spec: ClipSpec, rng: np.random.Generator, noise: float = 0.3) -> str:
+    """A subtitle-like text: the event always, colour and shape sometimes dropped, filler words sometimes added."""
+    color = "" if rng.random() < noise / 2 else spec.color
+    thing = " ".join(word for word in (color, spec.shape) if word)
+    action = {
+        "left": rng.choice(["moves left", "goes to the left", "slides left"]),
+        "right": rng.choice(["moves right", "goes to the right", "slides right"]),
+        "up": rng.choice(["moves up", "goes up", "rises"]),
+        "down": rng.choice(["moves down", "goes down", "falls"]),
+        "appears": rng.choice(["appears", "shows up", "pops in"]),
+        "disappears": rng.choice(["disappears", "vanishes", "goes away"]),
+        "changes": f"turns {spec.color_to}",
+    }[spec.event]
+    text = f"the {thing} {action}"
+    if rng.random() < noise:
+        text = f"{rng.choice(['ok so', 'look', 'um', 'and now', 'see'])} {text}"
+    if rng.random() < noise:
+        text = f"{text} {rng.choice(['i think', 'there', 'again', 'lol', 'right'])}"
+    return text
+
+
+def sample_specs(num_clips: int, rng: np.random.Generator, prefix: str) -> list[ClipSpec]:
+    """`num_clips` clips cycling through every (shape, colour, event), each at a random place."""
+    combos = [(s, c, e) for s in SHAPES for c in COLORS for e in EVENTS]
+    order = rng.permutation(len(combos))
+    specs = []
+    for index in range(num_clips):
+        shape, color, event = combos[order[index % len(combos)]]
+        color_to = None
+        if event == "changes":
+            color_to = str(rng.choice([c for c in COLORS if c != color]))
+        x, y = (float(v) for v in rng.uniform(0.3, 0.7, size=2))
+        specs.append(ClipSpec(f"{prefix}{index:05d}", shape, color, event, x, y, color_to))
+    return specs
+
+
+def write_split(
+    specs: list[ClipSpec], out_dir: str | os.PathLike, split: str, rng: np.random.Generator,
+    size: int, num_frames: int, noise: float,
+) -> Path:
+    """Write the clips of one split as mp4 files plus `<split>.jsonl`; returns the manifest's path."""
+    out_dir = Path(out_dir)
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / f"{split}.jsonl"
+    with open(manifest, "w") as handle:
+        for spec in specs:
+            frames = render_clip(spec, size, num_frames)
+            video = Path(split) / f"{spec.name}.mp4"
+            write_video(out_dir / video, num_frames, size=(size, size), fps=8, frame_fn=frames.__getitem__,
+                        options={"crf": "18"})
+            record = {
+                "video": str(video),
+                "text": original_text(spec, rng, noise),
+                "caption": middle_frame_caption(spec, num_frames),
+                "event": spec.event,
+                "motion_dependent": spec.motion_dependent,
+                "spec": asdict(spec),
+            }
+            handle.write(json.dumps(record) + "\n")
+    return manifest
+
+
+def generate_moving_shapes(
+    out_dir: str | os.PathLike,
+    num_train: int = 504,
+    num_test: int = 126,
+    size: int = 64,
+    num_frames: int = 16,
+    noise: float = 0.3,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Generate train and test splits; returns `{"train": manifest, "test": manifest}`.
+
+    The test split has clean texts (no noise, nothing dropped), one per clip, as a benchmark's queries.
+    """
+    rng = np.random.default_rng(seed)
+    train_specs = sample_specs(num_train, rng, "train")
+    test_specs = sample_specs(num_test, rng, "test")
+    return {
+        "train": write_split(train_specs, out_dir, "train", rng, size, num_frames, noise),
+        "test": write_split(test_specs, out_dir, "test", rng, size, num_frames, 0.0),
+    }
