@@ -47,9 +47,19 @@ def run_evaluate(argv: list[str]) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def run_caption(argv: list[str]) -> None:
+    from .caption import CaptionArguments, caption_manifest
+
+    (args,) = HfArgumentParser((CaptionArguments,), prog="clip-vip caption").parse_args_into_dataclasses(args=argv)
+    summary = caption_manifest(args)
+    print(f"{summary.num_captioned} clips captioned, {summary.num_skipped} skipped (listed in {summary.skipped_file}); "
+          f"wrote {summary.output_file}")
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (run_train, "train with OCL (all TrainingArguments options apply)"),
     "evaluate": (run_evaluate, "text-video retrieval metrics of a model folder on a test set"),
+    "caption": (run_caption, "auxiliary captions (OCL source C) from each clip's middle frame"),
 }
 
 
