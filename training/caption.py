@@ -45,7 +45,7 @@ class CaptionArguments:
 
     input_file: list[str] = field(metadata={"help": "A manifest (.jsonl/.json/.csv/.parquet), or .tar shards."})
     output_file: str = field(metadata={"help": "The captioned manifest to write (.jsonl or .parquet)."})
-    model_name_or_path: str = field(metadata={"help": "A captioning model folder (BLIP, GIT, ...) with its processor."})
+    model_name_or_path: str = field(metadata={"help": "A captioning model folder (BLIP, GIT, ...) and its processor."})
     prompt: str | None = field(default=None, metadata={"help": "Text prompt, for models that need one."})
     caption_column: str = field(default="caption", metadata={"help": "The column the captions are written to."})
     video_column: str = "video"
@@ -55,7 +55,7 @@ class CaptionArguments:
     chunk_size: int = field(default=256, metadata={"help": "Clips per resumable part file."})
     num_workers: int = field(default=2, metadata={"help": "Threads decoding middle frames."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda when available, else cpu."})
-    dtype: str | None = field(default=None, metadata={"help": "Model dtype, e.g. bfloat16 (default: the checkpoint's)."})
+    dtype: str | None = field(default=None, metadata={"help": "e.g. bfloat16; the checkpoint's dtype when unset."})
 
 
 @dataclass
@@ -120,7 +120,8 @@ def _shard_record(shard, key, members, video_column, videos_folder, output_folde
     if extension is None:
         return ClipRecord(meta, None, f"{name}: no video member")
     target = videos_folder / Path(shard).stem / f"{key}.{extension}"
-    row = {video_column: os.path.relpath(target, output_folder), **{k: v for k, v in meta.items() if k != video_column}}
+    row = {k: v for k, v in meta.items() if k != video_column}
+    row = {video_column: os.path.relpath(target, output_folder), **row}
     return ClipRecord(row, members[extension], f"{name}.{extension}", extract_to=target)
 
 
@@ -220,7 +221,7 @@ def caption_chunk(
         for (position, _), caption in zip(good, captions):
             record = records[position]
             if not caption:
-                entries[position] = {"skipped": {"name": record.name, "reason": "the model generated an empty caption"}}
+                entries[position] = {"skipped": {"name": record.name, "reason": "the model's caption is empty"}}
                 continue
             if record.extract_to is not None:
                 record.extract_to.parent.mkdir(parents=True, exist_ok=True)

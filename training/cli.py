@@ -52,8 +52,8 @@ def run_caption(argv: list[str]) -> None:
 
     (args,) = HfArgumentParser((CaptionArguments,), prog="clip-vip caption").parse_args_into_dataclasses(args=argv)
     summary = caption_manifest(args)
-    print(f"{summary.num_captioned} clips captioned, {summary.num_skipped} skipped (listed in {summary.skipped_file}); "
-          f"wrote {summary.output_file}")
+    print(f"{summary.num_captioned} clips captioned, {summary.num_skipped} skipped "
+          f"(listed in {summary.skipped_file}); wrote {summary.output_file}")
 
 
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
