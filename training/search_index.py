@@ -17,6 +17,7 @@ Index types, chosen for the collection size when `index_type="auto"`:
 
 import json
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from datasets import Dataset, load_from_disk
+from datasets.table import InMemoryTable
 
 FEATURES_COLUMN = "features"
 VIDEO_COLUMN = "video"
@@ -160,7 +162,9 @@ class VideoIndex:
             columns[name] = list(values)
         # A fixed-size list array over the matrix' own buffer: no per-row Python objects at a million videos.
         columns[FEATURES_COLUMN] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
-        return cls.from_dataset(Dataset.from_dict(columns), index_type=index_type, **index_kwargs)
+        # A fingerprint given up front: hashing the table for one costs several times its memory.
+        dataset = Dataset(InMemoryTable(pa.table(columns)), fingerprint=uuid.uuid4().hex)
+        return cls.from_dataset(dataset, index_type=index_type, **index_kwargs)
 
     @classmethod
     def from_dataset(
