@@ -180,7 +180,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_config):
         if checkpointing:
             model.activation_checkpointing_enable()
         norm_calls = []
-        model.vision_model.encoder.layers[0].layer_norm1.register_forward_hook(lambda *_: norm_calls.append(1))
+        model.vision_model.encoder.layers[0].self_attn.register_forward_hook(lambda *_: norm_calls.append(1))
         model(input_ids=input_ids, pixel_values=video, return_loss=True).loss.backward()
         grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
         return grads, len(norm_calls)
