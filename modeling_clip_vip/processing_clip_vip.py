@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import BatchFeature
+from transformers import AutoTokenizer, BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.processing_utils import ProcessorMixin
@@ -411,6 +411,13 @@ class ClipVipProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, max_length: int | None = None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
         self.max_length = max_length
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # The image processor is this module's own class: no Auto lookup, so loading it asks for no remote code.
+        kwargs.pop("trust_remote_code", None)
+        image_processor = ClipVipImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return [image_processor, AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)]
 
     def __call__(
         self,
