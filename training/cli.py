@@ -56,10 +56,18 @@ def run_caption(argv: list[str]) -> None:
           f"(listed in {summary.skipped_file}); wrote {summary.output_file}")
 
 
+def run_demo(argv: list[str]) -> None:
+    from .demo import DemoArguments, run_demo as demo
+
+    (args,) = HfArgumentParser((DemoArguments,), prog="clip-vip demo").parse_args_into_dataclasses(args=argv)
+    demo(args)
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (run_train, "train with OCL (all TrainingArguments options apply)"),
     "evaluate": (run_evaluate, "text-video retrieval metrics of a model folder on a test set"),
     "caption": (run_caption, "auxiliary captions (OCL source C) from each clip's middle frame"),
+    "demo": (run_demo, "train and compare CLIP-ViP, full attention and mean pooling on generated clips"),
 }
 
 

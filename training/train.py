@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
 from modeling_clip_vip.configuration_clip_vip import ClipVipConfig
 from modeling_clip_vip.convert_clip_vip_original_to_hf import convert_original_checkpoint, load_config
@@ -188,6 +188,7 @@ def train(
 ) -> ClipVipTrainer:
     """Train with OCL, evaluate if an eval set is given, save a complete model folder to `output_dir`."""
     prepare_training_arguments(training_args)
+    set_seed(training_args.seed)  # before the model is built: random initial weights follow --seed
     model, processor = load_model_and_processor(model_args, data_args)
     needs_caption = "caption" in required_sources(training_args.ocl)
     train_dataset, eval_dataset = build_datasets(data_args, training_args, needs_caption)

@@ -1,0 +1,105 @@
+"""`clip-vip demo` end to end at a reduced size: the report's files exist and its table follows from the saved features."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from training.cli import main
+from training.retrieval import retrieval_metrics
+
+MODELS = ("CLIP-ViP (video proxies)", "Full attention (ablation)", "Mean pooling (CLIP4Clip)")
+KEYS = ("clip_vip", "full_attention", "mean_pooling")
+COLUMNS = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("demo")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        main([
+            "demo", "--output_dir", str(out_dir), "--num_train_clips", "24", "--num_test_clips", "14",
+            "--num_frames", "4", "--image_size", "32", "--hidden_size", "32", "--max_steps", "3", "--batch_size", "8",
+            "--warmup_steps", "1", "--dataloader_num_workers", "0", "--num_examples", "2",
+        ])
+    return out_dir, buffer.getvalue()
+
+
+def table_rows(report: str) -> dict[tuple[str, str], list[float]]:
+    """`(queries, model) -> the eight numbers` of the report's markdown table."""
+    rows = {}
+    for line in report.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[1] in MODELS:
+            rows[cells[0], cells[1]] = [float(cell) for cell in cells[2:]]
+    return rows
+
+
+def reference_ranks(similarity: torch.Tensor) -> torch.Tensor:
+    """Rank of the diagonal item in each row (one text per clip): 1 + wrong items scoring at least as high."""
+    ranks = []
+    for row, scores in enumerate(similarity):
+        ranks.append(1 + sum(int(scores[col] >= scores[row]) for col in range(len(scores)) if col != row))
+    return torch.tensor(ranks, dtype=torch.float64)
+
+
+def reference_metrics(ranks: torch.Tensor, prefix: str) -> dict[str, float]:
+    metrics = {f"{prefix}_r{k}": 100.0 * (ranks <= k).double().mean().item() for k in (1, 5, 10)}
+    metrics[f"{prefix}_medr"] = float(np.median(ranks.numpy()))
+    return metrics
+
+
+def test_demo_writes_the_report_files_and_says_where_they_are(demo_run):
+    out_dir, stdout = demo_run
+    for name in ("report.md", "metrics.json", "features.pt", "training_curves.png", "retrieval_examples.png"):
+        assert (out_dir / name).is_file(), name
+    for name in ("training_curves.png", "retrieval_examples.png"):
+        with Image.open(out_dir / name) as image:
+            assert image.format == "PNG" and min(image.size) >= 300
+    for key in KEYS:
+        assert (out_dir / "models" / key / "model.safetensors").is_file()
+    assert str((out_dir / "report.md").resolve()) in stdout
+
+
+def test_demo_says_the_middle_frame_captions_stand_in_for_a_captioning_model(demo_run):
+    out_dir, stdout = demo_run
+    for text in (stdout, (out_dir / "report.md").read_text()):
+        assert "stand in for `clip-vip caption`" in text
+
+
+def test_report_table_equals_a_recomputation_from_the_saved_features(demo_run):
+    out_dir, _ = demo_run
+    saved = torch.load(out_dir / "features.pt", weights_only=True)
+    motion = saved["motion_dependent"]
+    rows = table_rows((out_dir / "report.md").read_text())
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert len(rows) == 2 * len(MODELS) and 0 < motion.sum() < len(motion)
+    for key, model in zip(KEYS, MODELS):
+        features = saved["features"][key]
+        assert torch.equal(features["text_to_video"], torch.arange(len(motion)))  # one query per clip, in order
+        overall = retrieval_metrics(features["text"], features["video"], features["text_to_video"])
+        similarity = F.normalize(features["text"], dim=-1) @ F.normalize(features["video"], dim=-1).T
+        t2v, v2t = reference_ranks(similarity), reference_ranks(similarity.T)
+        expected = {
+            "all queries": overall,
+            "motion-dependent queries": reference_metrics(t2v[motion], "t2v") | reference_metrics(v2t[motion], "v2t"),
+        }
+        for queries, values in expected.items():
+            assert rows[queries, model] == [round(values[column], 1) for column in COLUMNS], (queries, model)
+            subset = "all" if queries == "all queries" else "motion"
+            for column in COLUMNS:
+                assert metrics[key][subset][column] == pytest.approx(values[column]), (key, subset, column)
+
+
+def test_training_curves_come_from_each_models_logged_losses(demo_run):
+    out_dir, _ = demo_run
+    histories = json.loads((out_dir / "training_log.json").read_text())
+    for key in KEYS:
+        assert [entry["step"] for entry in histories[key] if "loss" in entry] == [1, 2, 3]
+    assert "3 steps of batch 8" in (out_dir / "report.md").read_text()
