@@ -101,3 +101,25 @@ def test_a_batch_without_captions_names_the_missing_source(tiny_config):
     inputs = {"pixel_values": torch.randn(2, 4, 3, 64, 64), "input_ids": torch.tensor([[1, 999], [1, 999]])}
     with pytest.raises(KeyError, match=r"needs sources \['caption', 'frame'\]"):
         encode_sources(model, inputs, {"video", "frame", "text", "caption"})
+
+
+def test_bf16_autocast_gradient_accumulation_and_checkpointing_train_together(tiny_config, tmp_path):
+    from dist_scripts.trainer_step_worker import FixedClips
+    from training.trainer import ClipVipTrainer, ClipVipTrainingArguments
+
+    tiny_config.vision_config.image_size = 32
+    torch.manual_seed(0)
+    model = ClipVipModel(tiny_config)
+    before = model.vision_model.embeddings.proxy_embedding.detach().clone()
+    args = ClipVipTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
+        bf16=True, use_cpu=True, gradient_checkpointing=True, report_to="none", save_strategy="no",
+        remove_unused_columns=False, logging_steps=1, learning_rate=1e-3,
+    )
+    trainer = ClipVipTrainer(model=model, args=args, train_dataset=FixedClips(tiny_config))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert model.vision_model.encoder.layers[0].gradient_checkpointing
+    assert not torch.equal(model.vision_model.embeddings.proxy_embedding, before)
+    assert 0 <= model.logit_scale.item() <= math.log(200)
