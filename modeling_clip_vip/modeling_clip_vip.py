@@ -574,6 +574,15 @@ class ClipVipModel(ClipVipPreTrainedModel):
     """
     CLIP-ViP: a video tower ([`ClipVipVisionModel`]) and a text tower ([`ClipVipTextModel`]) projected into one
     embedding space. Parameter names follow transformers' `CLIPModel`, so CLIP checkpoints map onto it.
+
+    Speed and memory, all giving the same numbers:
+    - `get_video_features`, `get_image_features` and `forward` without `output_hidden_states`/`output_attentions`
+      run the last vision layer for the front tokens only (the pooled output and the gradients are the same bits
+      as the full computation's).
+    - `model.activation_checkpointing_enable()` keeps only each layer's input in training and recomputes the layer
+      in backward: less peak memory for a longer step, the same gradients.
+    - quick_gelu runs as one compiled pass for large float32 CPU tensors (`CLIP_VIP_FUSED_ACTIVATION=0` turns
+      this off; the first large call compiles, which takes seconds).
     """
 
     config: ClipVipConfig
