@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,32 @@ import json, sys
 from transformers import AutoModel, AutoProcessor
 model, info = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True, output_loading_info=True)
 AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
-print(json.dumps({key: [str(item) for item in value] for key, value in info.items()}))
+with open(sys.argv[2], "w") as report:
+    json.dump({key: [str(item) for item in value] for key, value in info.items()}, report)
 """
 
 
 class ClipVipPushError(ValueError):
     """A model directory that must not be pushed, with the reasons."""
+
+
+@dataclass
+class PushArguments:
+    """`clip-vip push` options."""
+
+    model_dir: str = field(metadata={"help": "A model folder from conversion or training, with its processor."})
+    repo_id: str = field(metadata={"help": "The Hub model repository, e.g. 'someone/clip-vip-base-patch32'."})
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    commit_message: str = "Upload CLIP-ViP model"
+    token: str | None = field(default=None, metadata={"help": "Hub token; default: the logged-in one."})
+    converted_from: str | None = field(
+        default=None, metadata={"help": "The authors' checkpoint the weights were converted from (for the card)."}
+    )
+    provenance: str | None = field(default=None, metadata={"help": "How the weights were made (card text)."})
+    license: str = "mit"
+    datasets: list[str] | None = field(default=None, metadata={"help": "Hub ids of the training data sets."})
+    base_model: str | None = field(default=None, metadata={"help": "Hub id of the model it was adapted from."})
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -96,15 +117,18 @@ def check_loads_offline(model_dir: str | Path, timeout: float = 600) -> None:
         # cwd and a clean PYTHONPATH keep this repository's own package out of reach of the remote code.
         env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=scratch)
+        # The loading report goes to a file: libraries print to stdout (transformers' remote-code question,
+        # which no stdin can answer here, among them).
+        report = Path(scratch) / "loading_info.json"
         result = subprocess.run(
-            [sys.executable, "-c", _LOAD_CHECK, str(model_dir)],
-            cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-c", _LOAD_CHECK, str(model_dir), str(report)],
+            cwd=scratch, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
         )
-    if result.returncode != 0:
-        error_lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        reason = error_lines[-1] if error_lines else f"exit status {result.returncode}"
-        raise ClipVipPushError(f"{model_dir} does not load offline with trust_remote_code: {reason}")
-    info = json.loads(result.stdout.strip().splitlines()[-1])
+        if result.returncode != 0:
+            error_lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+            reason = error_lines[-1] if error_lines else f"exit status {result.returncode}"
+            raise ClipVipPushError(f"{model_dir} does not load offline with trust_remote_code: {reason}")
+        info = json.loads(report.read_text())
     bad = {key: value for key, value in info.items() if value}
     if bad:
         raise ClipVipPushError(f"{model_dir} loads, but not cleanly: {bad}")
@@ -252,6 +276,16 @@ unexpected or misshapen weight is named, never skipped.
 """
 
 
+def converted_provenance(checkpoint: str) -> str:
+    """The card's account of weights converted, unchanged, from the authors' checkpoint `checkpoint`."""
+    return (
+        f"Converted from the authors' released checkpoint `{checkpoint}` (microsoft/XPretrain, CLIP-ViP) with\n"
+        "`modeling_clip_vip/convert_clip_vip_original_to_hf.py`; the weights are the authors', unchanged. The\n"
+        "conversion is strict: every tensor of the checkpoint is mapped to a weight of this model with the same\n"
+        "shape, and none of the model's weights is left uninitialised."
+    )
+
+
 def write_model_card(model_dir: str | Path, repo_id: str = "<repo_id>", **card_kwargs: Any) -> Path:
     """Write the card of `model_dir` (from its config.json, and its metrics.json when present) as README.md."""
     model_dir = Path(model_dir)
@@ -289,4 +323,16 @@ def push_model(
         revision=revision,
         commit_message=commit_message,
         ignore_patterns=PUSH_IGNORE_PATTERNS,
+    )
+
+
+def push_from_arguments(args: PushArguments) -> Any:
+    """`push_model` with the card options of `args`; `converted_from` writes the standard conversion account."""
+    if args.converted_from and args.provenance:
+        raise ValueError("give either converted_from or provenance, not both")
+    provenance = converted_provenance(args.converted_from) if args.converted_from else args.provenance
+    return push_model(
+        args.model_dir, args.repo_id, private=args.private, revision=args.revision,
+        commit_message=args.commit_message, token=args.token, provenance=provenance, license=args.license,
+        datasets=args.datasets, base_model=args.base_model,
     )
