@@ -1,13 +1,37 @@
 """Zero-shot video classification: label names become prompts, prompts become text embeddings, and each video
-is scored against them as CLIP does, a softmax over its scaled cosine similarities to the labels."""
+is scored against them as CLIP does, a softmax over its scaled cosine similarities to the labels.
 
+`classify_videos` works on a loaded model and processor; `classify_files` is what `clip-vip classify` does
+with a model folder and video files.
+"""
+
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from modeling_clip_vip.modeling_clip_vip import ClipVipModel
+from modeling_clip_vip.processing_clip_vip import ClipVipProcessor
+
 DEFAULT_TEMPLATE = "a video of {}."
+
+
+@dataclass
+class ClassifyArguments:
+    """`clip-vip classify` options."""
+
+    model_dir: str = field(metadata={"help": "A saved ClipVipModel folder with its processor."})
+    video: list[str] = field(metadata={"help": "The video file(s) to classify."})
+    labels: str | None = field(default=None, metadata={"help": "Comma-separated label names, e.g. 'cat,dog'."})
+    labels_file: str | None = field(default=None, metadata={"help": "A text file with one label name a line."})
+    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Prompt template; '{}' is the label."})
+    batch_size: int = 8
+    output_file: str | None = field(default=None, metadata={"help": "Also write the scores here as JSON."})
+    device: str | None = field(default=None, metadata={"help": "Default: cuda when available, else cpu."})
 
 
 def build_prompts(labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
@@ -85,3 +109,41 @@ def classify_videos(
     label_features = embed_texts(model, processor, build_prompts(labels, template))
     video_features = embed_videos(model, processor, videos, batch_size)
     return zero_shot_scores(video_features, label_features, model.logit_scale.detach())
+
+
+def load_for_inference(model_dir: str | Path, device: str | None = None) -> tuple[ClipVipModel, ClipVipProcessor]:
+    """A saved `ClipVipModel` in eval mode on `device` (cuda when available by default), and its processor."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = ClipVipModel.from_pretrained(model_dir).to(device).eval()
+    return model, ClipVipProcessor.from_pretrained(model_dir)
+
+
+def read_labels(labels: str | None = None, labels_file: str | Path | None = None) -> list[str]:
+    """Label names from a comma-separated string or a file with one a line (exactly one of the two)."""
+    if (labels is None) == (labels_file is None):
+        raise ValueError("give the labels either as a comma-separated list or as a file, not both or neither")
+    text = labels if labels is not None else Path(labels_file).read_text(encoding="utf-8")
+    names = [name.strip() for name in (text.split(",") if labels is not None else text.splitlines())]
+    names = [name for name in names if name]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"labels must be distinct; repeated: {duplicates}")
+    if not names:
+        raise ValueError("no label names given")
+    return names
+
+
+def classify_files(args: ClassifyArguments) -> list[dict[str, Any]]:
+    """Zero-shot scores of each of `args.video` against the labels: one `{"video", "label", "scores"}` a video,
+    `scores` mapping each label (in the order given) to its probability. Written to `args.output_file` if set."""
+    labels = read_labels(args.labels, args.labels_file)
+    model, processor = load_for_inference(args.model_dir, args.device)
+    scores = classify_videos(model, processor, args.video, labels, args.template, args.batch_size).cpu()
+    results = [
+        {"video": video, "label": labels[int(row.argmax())], "scores": dict(zip(labels, row.tolist()))}
+        for video, row in zip(args.video, scores)
+    ]
+    if args.output_file:
+        report = {"labels": labels, "template": args.template, "results": results}
+        Path(args.output_file).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return results

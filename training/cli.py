@@ -63,11 +63,52 @@ def run_demo(argv: list[str]) -> None:
     demo(args)
 
 
+def run_index(argv: list[str]) -> None:
+    from .video_search import IndexArguments, build_video_index
+
+    (args,) = HfArgumentParser((IndexArguments,), prog="clip-vip index").parse_args_into_dataclasses(args=argv)
+    summary = build_video_index(args)
+    print(f"{summary.num_indexed} videos indexed ({summary.index_type}), {summary.num_skipped} skipped "
+          f"(listed in {summary.skipped_file}); wrote {summary.output_dir}")
+
+
+def run_search(argv: list[str]) -> None:
+    from .video_search import SearchArguments, search_videos
+
+    (args,) = HfArgumentParser((SearchArguments,), prog="clip-vip search").parse_args_into_dataclasses(args=argv)
+    for rank, hit in enumerate(search_videos(args), 1):
+        print(f"{rank:>4}  {hit.score:.4f}  {hit.video}")
+
+
+def run_classify(argv: list[str]) -> None:
+    from .classification import ClassifyArguments, classify_files
+
+    (args,) = HfArgumentParser((ClassifyArguments,), prog="clip-vip classify").parse_args_into_dataclasses(args=argv)
+    for result in classify_files(args):
+        print(result["video"])
+        print("\n".join(f"  {score:.4f}  {label}" for label, score in result["scores"].items()))
+
+
+def run_push(argv: list[str]) -> None:
+    from .hub import ClipVipPushError, PushArguments, push_from_arguments
+
+    (args,) = HfArgumentParser((PushArguments,), prog="clip-vip push").parse_args_into_dataclasses(args=argv)
+    try:
+        push_from_arguments(args)
+    except ClipVipPushError as error:
+        raise SystemExit(f"clip-vip push: nothing was uploaded. {error}") from error
+    print(f"Pushed {args.model_dir} to {args.repo_id}" + (f" (revision {args.revision})" if args.revision else ""))
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (run_train, "train with OCL (all TrainingArguments options apply)"),
     "evaluate": (run_evaluate, "text-video retrieval metrics of a model folder on a test set"),
     "caption": (run_caption, "auxiliary captions (OCL source C) from each clip's middle frame"),
     "demo": (run_demo, "train and compare CLIP-ViP, full attention and mean pooling on generated clips"),
+    "index": (run_index, "embed the videos of a manifest or folder into a searchable FAISS index"),
+    "search": (run_search, "the videos of an index closest to a text or to a video"),
+    "classify": (run_classify, "zero-shot scores of videos against label names"),
+    "push": (run_push, "check that a model folder loads, write its card, upload it to the Hub"),
 }
 
 
