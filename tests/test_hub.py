@@ -1,6 +1,7 @@
 """Releasing to the Hub, against a fake Hub: what is uploaded, and what is refused before any upload."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from modeling_clip_vip.configuration_clip_vip import ClipVipConfig
 from modeling_clip_vip.modeling_clip_vip import ClipVipModel
 from modeling_clip_vip.processing_clip_vip import ClipVipImageProcessor, ClipVipProcessor
 from training import hub
-from training.hub import ClipVipPushError, push_model, write_model_card
+from training.hub import ClipVipPushError, converted_provenance, push_model, render_model_card, write_model_card
 
 CODE_FILES = {"configuration_clip_vip.py", "modeling_clip_vip.py", "processing_clip_vip.py"}
+MODEL_CARD = REPO_ROOT / "MODEL_CARD.md"
 
 
 class FakeHfApi:
@@ -125,3 +127,17 @@ def test_card_of_a_base_size_model_quotes_the_papers_results(tmp_path):
     assert "| MSR-VTT 1k-A | 54.2 / 77.2 / 84.8 | 57.7 |" in card.text
     assert "Evaluation of this checkpoint" not in card.text
     assert "year      = {2023}" in card.text
+
+
+def test_committed_model_card_is_the_rendered_card_of_the_converted_b32_release():
+    config = json.loads((REPO_ROOT / "hub_configs" / "clip-vip-base-patch32" / "config.json").read_text())
+    card = render_model_card(
+        config, provenance=converted_provenance("pretrain_clipvip_base_32.pt"), base_model="openai/clip-vit-base-patch32"
+    )
+    if os.environ.get("UPDATE_MODEL_CARD") == "1":
+        MODEL_CARD.write_text(card, encoding="utf-8")
+    assert MODEL_CARD.read_text(encoding="utf-8") == card, (
+        "MODEL_CARD.md differs from what render_model_card writes; regenerate it with "
+        "UPDATE_MODEL_CARD=1 python -m pytest tests/test_hub.py -k committed_model_card"
+    )
+    assert ModelCard(card).data.base_model == "openai/clip-vit-base-patch32"

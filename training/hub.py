@@ -169,8 +169,9 @@ def _paper_results(config: dict[str, Any]) -> str:
         return "The paper reports results for ViT-B/32 and ViT-B/16 models only; this configuration is neither."
     rows = "\n".join(f"| {dataset} | {recall} | {dsl} |" for dataset, recall, dsl in PAPER_RESULTS[patch])
     return (
-        f"Text-to-video retrieval after fine-tuning, as reported by Xue et al. (2023) for ViT-B/{patch}; "
-        "not reproduced here, where the authors' data sets cannot be reached.\n\n"
+        f"Text-to-video retrieval as reported by Xue et al. (2023) for ViT-B/{patch}, each after fine-tuning on\n"
+        "that data set (a post-pretrained checkpoint is the starting point of this fine-tuning); not reproduced\n"
+        "here, where the authors' data sets cannot be reached.\n\n"
         "| Data set | R@1 (/ R@5 / R@10) | R@1 with DSL |\n|---|---|---|\n" + rows
     )
 
@@ -256,8 +257,8 @@ print(outputs.logits_per_video.softmax(dim=-1))  # (videos, texts): which text f
 The model was written from a description of the authors' code (the `CLIP-ViP` folder of microsoft/XPretrain),
 not copied from it. On a small model in the authors' checkpoint format, its outputs (embeddings, hidden
 states, pooled features and similarity logits, for 12, 8 and 1 frames, with eager and SDPA attention) agree
-with those the authors' code computes to within 1e-5 of the output magnitude. The converter from the authors' checkpoints is strict: any missing,
-unexpected or misshapen weight is named, never skipped.
+with those the authors' code computes to within 1e-5 of the output magnitude. The converter from the
+authors' checkpoints is strict: any missing, unexpected or misshapen weight is named, never skipped.
 
 ## Limitations
 
