@@ -131,9 +131,8 @@ def test_card_of_a_base_size_model_quotes_the_papers_results(tmp_path):
 
 def test_committed_model_card_is_the_rendered_card_of_the_converted_b32_release():
     config = json.loads((REPO_ROOT / "hub_configs" / "clip-vip-base-patch32" / "config.json").read_text())
-    card = render_model_card(
-        config, provenance=converted_provenance("pretrain_clipvip_base_32.pt"), base_model="openai/clip-vit-base-patch32"
-    )
+    provenance = converted_provenance("pretrain_clipvip_base_32.pt")
+    card = render_model_card(config, provenance=provenance, base_model="openai/clip-vit-base-patch32")
     if os.environ.get("UPDATE_MODEL_CARD") == "1":
         MODEL_CARD.write_text(card, encoding="utf-8")
     assert MODEL_CARD.read_text(encoding="utf-8") == card, (

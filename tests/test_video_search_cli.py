@@ -15,7 +15,7 @@ from conftest import TINY_CONFIG_DIR
 from modeling_clip_vip.configuration_clip_vip import ClipVipConfig
 from modeling_clip_vip.modeling_clip_vip import ClipVipModel
 from modeling_clip_vip.processing_clip_vip import ClipVipImageProcessor, ClipVipProcessor
-from test_hub import FakeHfApi, fake_hub  # noqa: F401  (the fake Hub fixture)
+from test_hub import fake_hub  # noqa: F401  (the fake Hub fixture)
 from training.cli import main
 from training.synthetic_data import generate_moving_shapes
 from training.video_search import SKIPPED_FILE
@@ -152,6 +152,15 @@ def test_index_of_a_folder_takes_every_video_file_under_it(model_dir, manifest, 
     assert json.loads((tmp_path / "store" / SKIPPED_FILE).read_text())["video"].endswith("truncated.mp4")
 
 
+
+def test_an_input_without_a_single_good_clip_is_refused_with_the_skipped_list(model_dir, manifest, tmp_path):
+    bad_manifest = manifest.parent / "bad.jsonl"
+    bad_manifest.write_text(json.dumps({"video": "train/missing.mp4"}) + "\n")
+
+    with pytest.raises(ValueError, match="no video .* could be embedded; 1 skipped"):
+        run_cli("index", "--input_path", bad_manifest, "--model_dir", model_dir, "--output_dir", tmp_path / "store")
+    assert json.loads((tmp_path / "store" / SKIPPED_FILE).read_text())["reason"] == "file not found"
+
 def test_classify_scores_each_label_in_order_and_sums_to_one(model_dir, manifest, tmp_path):
     clips = good_clips(manifest)[:2]
     output_file = tmp_path / "scores.json"
@@ -186,7 +195,8 @@ def test_push_uploads_a_converted_model_with_its_card(fake_hub, model_dir, tmp_p
     assert "Pushed" in printed and "someone/clip-vip-tiny" in printed
     assert [name for name, _ in fake_hub.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert fake_hub.calls[0][1]["private"] is True
-    assert {"config.json", "model.safetensors", "modeling_clip_vip.py", "processor_config.json"} <= set(fake_hub.uploaded)
+    uploaded = set(fake_hub.uploaded)
+    assert {"config.json", "model.safetensors", "modeling_clip_vip.py", "processor_config.json"} <= uploaded
     card = fake_hub.uploaded["README.md"].decode()
     assert "`pretrain_clipvip_base_32.pt`" in card and "convert_clip_vip_original_to_hf.py" in card
 

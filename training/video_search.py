@@ -176,13 +176,21 @@ def build_video_index(args: IndexArguments) -> IndexSummary:
         with ThreadPoolExecutor(max(args.num_workers, 1)) as executor, tqdm(unit="clip", desc="embedding") as progress:
             rows = partial(_embedded_rows, videos, model, processor, num_frames, args.batch_size, executor, skipped,
                            progress)
-            # A fingerprint given up front: hashing the generator would hash the model with it.
-            dataset = Dataset.from_generator(rows, features=features, cache_dir=cache_dir,
-                                             fingerprint=os.urandom(16).hex())
+            try:
+                # A fingerprint given up front: hashing the generator would hash the model with it.
+                dataset = Dataset.from_generator(rows, features=features, cache_dir=cache_dir,
+                                                 fingerprint=os.urandom(16).hex())
+            except ValueError:
+                # datasets refuses a generator that yields nothing: every clip was bad, or there were none.
+                if progress.n > len(skipped):
+                    raise
+                dataset = None
         skipped_file = output_dir / SKIPPED_FILE
         skipped_file.write_text("".join(json.dumps(entry) + "\n" for entry in skipped), encoding="utf-8")
-        if len(dataset) == 0:
-            raise ValueError(f"no video of {args.input_path} could be embedded; {len(skipped)} skipped, see {skipped_file}")
+        if dataset is None:
+            raise ValueError(
+                f"no video of {args.input_path} could be embedded; {len(skipped)} skipped, see {skipped_file}"
+            )
         index = VideoIndex.from_dataset(dataset, index_type=args.index_type, flat_max_size=args.flat_max_size)
         index.settings.update(model_dir=str(Path(args.model_dir).absolute()), num_frames=num_frames)
         index.save(output_dir)
