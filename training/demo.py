@@ -71,16 +71,16 @@ class DemoArguments:
     output_dir: str = field(default="clip-vip-demo", metadata={"help": "The report folder (data and models inside)."})
     num_train_clips: int = field(default=1008, metadata={"help": "Training clips (126 kinds, cycled)."})
     num_test_clips: int = field(default=126, metadata={"help": "Test clips, one query each (126: every kind once)."})
-    num_frames: int = field(default=8, metadata={"help": "Frames sampled per clip (T); clips have twice as many."})
+    num_frames: int = field(default=4, metadata={"help": "Frames sampled per clip (T); clips have twice as many."})
     image_size: int = field(default=32, metadata={"help": "Clip and model resolution in pixels."})
     patch_size: int = 8
-    hidden_size: int = field(default=64, metadata={"help": "Width of the vision and text transformers."})
+    hidden_size: int = field(default=128, metadata={"help": "Width of the vision and text transformers."})
     num_layers: int = field(default=2, metadata={"help": "Layers of the vision and text transformers."})
     num_proxies: int = 3
-    max_steps: int = field(default=400, metadata={"help": "Optimiser steps per model."})
+    max_steps: int = field(default=300, metadata={"help": "Optimiser steps per model."})
     batch_size: int = 32
-    learning_rate: float = 5e-4
-    warmup_steps: int = 40
+    learning_rate: float = 2e-3
+    warmup_steps: int = 30
     weight_decay: float = 0.1
     dataloader_num_workers: int = 2
     num_examples: int = field(default=4, metadata={"help": "Queries shown in retrieval_examples.png."})
