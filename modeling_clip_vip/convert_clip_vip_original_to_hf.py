@@ -15,9 +15,11 @@ import pickle
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from .configuration_clip_vip import ClipVipConfig, ClipVipTextConfig, ClipVipVisionConfig, architecture_fields
 from .modeling_clip_vip import ClipVipModel
+from .processing_clip_vip import ClipVipProcessor
 
 ORIGINAL_PREFIXES = ("module.clipmodel.", "clipmodel.")
 RENAMED_KEYS = {"vision_model.embeddings.added_cls": "vision_model.embeddings.proxy_embedding"}
@@ -162,9 +164,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="the authors' .pt checkpoint")
     parser.add_argument("--config", required=True, help="a ClipVipConfig folder/JSON, or the authors' CLIP config JSON")
     parser.add_argument("--output", required=True, help="folder to write the converted model to")
+    parser.add_argument(
+        "--tokenizer", help="a CLIP tokenizer folder: also save a ClipVipProcessor (for AutoProcessor, clip-vip push)"
+    )
     args = parser.parse_args(argv)
     model = convert_original_checkpoint(args.checkpoint, load_config(args.config))
+    processor = None
+    if args.tokenizer:
+        processor = ClipVipProcessor.for_config(model.config, AutoTokenizer.from_pretrained(args.tokenizer))
     model.save_pretrained(args.output)
+    if processor is not None:
+        processor.save_pretrained(args.output)
     print(f"Converted {args.checkpoint} -> {args.output}")
 
 

@@ -11,15 +11,18 @@
 
 import bisect
 import io
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Literal
 
 import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
@@ -401,6 +404,20 @@ class ClipVipImageProcessor(BaseImageProcessor):
         return frames[..., top : top + height, left : left + width]
 
 
+def _load_tokenizer(path, **kwargs):
+    """The tokenizer class its config names (a transformers class), else `AutoTokenizer` without remote code.
+
+    Going through `AutoTokenizer` would read the model's config (model type `clip_vip`, unknown to transformers)."""
+    try:
+        config = json.loads(Path(path, "tokenizer_config.json").read_text())
+    except OSError:
+        config = {}
+    tokenizer_class = getattr(transformers, str(config.get("tokenizer_class")), None)
+    if tokenizer_class is not None:
+        return tokenizer_class.from_pretrained(path, **kwargs)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+
+
 class ClipVipProcessor(ProcessorMixin):
     r"""CLIP-ViP's processor: `ClipVipImageProcessor` for videos and images, CLIP's tokenizer for text.
 
@@ -413,11 +430,20 @@ class ClipVipProcessor(ProcessorMixin):
         self.max_length = max_length
 
     @classmethod
+    def for_config(cls, config, tokenizer, num_frames: int | None = None, max_length: int | None = None):
+        """The processor of a `ClipVipConfig`'s model: frames squashed to its image size, `num_frames` sampled
+        (default: the length of its temporal table)."""
+        vision = config.vision_config
+        size = {"height": vision.image_size, "width": vision.image_size}
+        image_processor = ClipVipImageProcessor(size=size, num_frames=num_frames or vision.num_frames)
+        return cls(image_processor, tokenizer, max_length=max_length)
+
+    @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # The image processor is this module's own class: no Auto lookup, so loading it asks for no remote code.
+        # Both parts are plain classes (this module's image processor, a CLIP tokenizer): nothing asks to run remote code.
         kwargs.pop("trust_remote_code", None)
         image_processor = ClipVipImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return [image_processor, AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)]
+        return [image_processor, _load_tokenizer(pretrained_model_name_or_path, **kwargs)]
 
     def __call__(
         self,

@@ -75,24 +75,29 @@ def test_every_fixture_output_matches_the_authors_code(attn_implementation, refe
         assert_close(value, reference[name], f"{attn_implementation}/{name}")
 
 
-def test_converter_command_writes_a_folder_that_loads_offline_in_a_fresh_process(tmp_path, reference):
+def test_converter_command_writes_a_folder_that_loads_offline_in_a_fresh_process(tmp_path, reference, tokenizer):
     output_dir = tmp_path / "converted"
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
     subprocess.run(
         [
             sys.executable, "-m", "modeling_clip_vip.convert_clip_vip_original_to_hf",
             "--checkpoint", str(OFFICIAL_TINY_DIR / "official_tiny.pt"),
             "--config", str(OFFICIAL_TINY_DIR / "config.json"),
             "--output", str(output_dir),
+            "--tokenizer", str(tmp_path / "tokenizer"),
         ],
         check=True,
     )
-    assert {"config.json", "model.safetensors", "modeling_clip_vip.py", "configuration_clip_vip.py"} <= {
+    assert {"config.json", "model.safetensors", "modeling_clip_vip.py", "configuration_clip_vip.py",
+            "processing_clip_vip.py", "processor_config.json", "tokenizer.json"} <= {
         path.name for path in output_dir.iterdir()
     }
     script = f"""
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
+processor = AutoProcessor.from_pretrained({str(output_dir)!r}, trust_remote_code=True)
+assert processor.image_processor.size == {{"height": 64, "width": 64}}, processor.image_processor.size
 config = AutoConfig.from_pretrained({str(output_dir)!r}, trust_remote_code=True)
 assert config.model_type == "clip_vip", config.model_type
 model = AutoModel.from_pretrained({str(output_dir)!r}, trust_remote_code=True).eval()

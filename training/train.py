@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, set_seed
 from modeling_clip_vip.configuration_clip_vip import ClipVipConfig
 from modeling_clip_vip.convert_clip_vip_original_to_hf import convert_original_checkpoint, load_config
 from modeling_clip_vip.modeling_clip_vip import ClipVipModel
-from modeling_clip_vip.processing_clip_vip import ClipVipImageProcessor, ClipVipProcessor
+from modeling_clip_vip.processing_clip_vip import ClipVipProcessor
 
 from .data import ClipVipCollator, build_video_text_dataset
 from .losses import required_sources
@@ -142,9 +142,7 @@ def load_model_and_processor(
     if source and Path(source, "processor_config.json").is_file() and not model_args.build_tokenizer_from_data:
         processor = ClipVipProcessor.from_pretrained(source)
     else:
-        size = model.config.vision_config.image_size
-        image_processor = ClipVipImageProcessor(size={"height": size, "width": size}, num_frames=data_args.num_frames)
-        processor = ClipVipProcessor(image_processor, load_tokenizer(model_args, data_args))
+        processor = ClipVipProcessor.for_config(model.config, load_tokenizer(model_args, data_args), data_args.num_frames)
     processor.max_length = min(data_args.max_text_length, model.config.text_config.max_position_embeddings)
     return model, processor
 
