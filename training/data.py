@@ -29,6 +29,7 @@ a `forward` argument), `max_steps` (a stream has no length), and with several pr
 number of processes, so that each process reads its own shards instead of process 0 decoding for all.
 """
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -102,7 +103,8 @@ def _manifest_rows(
     folder = Path(manifest).resolve().parent
     keep = set(parts)
     index = 0
-    for batch in rows.iter(batch_size=256):
+    # A fresh copy per call: one worker iterates several parts, and a streamed dataset carries its position.
+    for batch in copy.deepcopy(rows).iter(batch_size=256):
         for row in (dict(zip(batch, values)) for values in zip(*batch.values())):
             if index % num_parts in keep:
                 video = row.get(video_column)
