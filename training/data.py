@@ -29,7 +29,6 @@ a `forward` argument), `max_steps` (a stream has no length), and with several pr
 number of processes, so that each process reads its own shards instead of process 0 decoding for all.
 """
 
-import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -93,29 +92,33 @@ class ClipVipBadSampleTracker:
 def _manifest_rows(
     parts: list[int],
     num_parts: int,
-    rows: IterableDataset,
+    readers: list[IterableDataset],
     manifest: str,
     video_column: str,
     text_column: str,
     caption_column: str,
 ):
-    """Rows of part(s) `parts` of a streamed manifest; `.iter` reads the whole file even in a worker."""
+    """Rows of part(s) `parts` of a streamed manifest, each part read through its own reader of the whole file.
+
+    One reader per part: a worker reads several parts one after another, and a streamed dataset keeps its
+    iteration state on shared objects, so a second pass through one reader could start past the end and lose
+    a part.
+    """
     folder = Path(manifest).resolve().parent
-    keep = set(parts)
-    index = 0
-    # A fresh copy per call: one worker iterates several parts, and a streamed dataset carries its position.
-    for batch in copy.deepcopy(rows).iter(batch_size=256):
-        for row in (dict(zip(batch, values)) for values in zip(*batch.values())):
-            if index % num_parts in keep:
-                video = row.get(video_column)
-                path = str(folder / video) if isinstance(video, str) and video else None
-                yield {
-                    "video": path,
-                    "name": path or f"{manifest} row {index}: no {video_column!r}",
-                    "text": row.get(text_column),
-                    "caption": row.get(caption_column),
-                }
-            index += 1
+    for part, reader in zip(parts, readers):
+        # `.iter`, not `for row in reader`: iterating a dataset in a DataLoader worker would split it by worker.
+        rows = (dict(zip(batch, values)) for batch in reader.iter(batch_size=256) for values in zip(*batch.values()))
+        for index, row in enumerate(rows):
+            if index % num_parts != part:
+                continue
+            video = row.get(video_column)
+            path = str(folder / video) if isinstance(video, str) and video else None
+            yield {
+                "video": path,
+                "name": path or f"{manifest} row {index}: no {video_column!r}",
+                "text": row.get(text_column),
+                "caption": row.get(caption_column),
+            }
 
 
 def _webdataset_rows(shards: list[str], text_column: str, caption_column: str) -> IterableDataset:
@@ -250,8 +253,10 @@ def build_video_text_dataset(
             gen_kwargs={
                 "parts": list(range(num_parts)),
                 "num_parts": num_parts,
-                # Resolved here, once: resolving data files inside DataLoader workers races in tqdm.
-                "rows": load_dataset(builder, data_files=files[0], split="train", streaming=True),
+                # Resolved here: resolving data files inside DataLoader workers races in tqdm.
+                "readers": [
+                    load_dataset(builder, data_files=files[0], split="train", streaming=True) for _ in range(num_parts)
+                ],
                 "manifest": files[0],
                 "video_column": video_column,
                 "text_column": text_column,
