@@ -113,7 +113,7 @@ def test_bf16_autocast_gradient_accumulation_and_checkpointing_train_together(ti
     before = model.vision_model.embeddings.proxy_embedding.detach().clone()
     args = ClipVipTrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
-        bf16=True, use_cpu=True, gradient_checkpointing=True, report_to="none", save_strategy="no",
+        bf16=True, use_cpu=True, activation_checkpointing=True, report_to="none", save_strategy="no",
         remove_unused_columns=False, logging_steps=1, learning_rate=1e-3,
     )
     trainer = ClipVipTrainer(model=model, args=args, train_dataset=FixedClips(tiny_config))
