@@ -73,30 +73,31 @@ def test_blockwise_attention_equals_dense_masked_attention(tiny_config, attn_imp
     torch.testing.assert_close(ours, reference, atol=2e-5, rtol=1e-5)
 
 
-def test_patch_tokens_see_only_their_frame(tiny_config):
-    model = tiny_model(tiny_config, num_hidden_layers=1)
-    video = random_video(tiny_config)
+def outputs_before_and_after_changing_frame_1(config, attention_pattern: str):
+    """A one-layer model's front-token and frame-0 outputs, for a video and for it with frame 1 changed."""
+    model = tiny_model(config, num_hidden_layers=1, attention_pattern=attention_pattern)
+    video = random_video(config)
     changed = video.clone()
     changed[:, 1] += 1.0
     with torch.no_grad():
         before = model.vision_model(video).last_hidden_state
         after = model.vision_model(changed).last_hidden_state
-    front, patches = 1 + tiny_config.vision_config.num_proxies, model.vision_model.embeddings.num_patches
+    front, patches = 1 + config.vision_config.num_proxies, model.vision_model.embeddings.num_patches
     frame0 = slice(front, front + patches)
-    torch.testing.assert_close(after[:, frame0], before[:, frame0], atol=0, rtol=0)
-    assert (after[:, :front] - before[:, :front]).abs().max() > 1e-3, "front tokens must see every frame"
+    return (before[:, :front], after[:, :front]), (before[:, frame0], after[:, frame0])
+
+
+def test_patch_tokens_see_only_their_frame(tiny_config):
+    (front_before, front_after), (frame0_before, frame0_after) = outputs_before_and_after_changing_frame_1(
+        tiny_config, "proxy"
+    )
+    torch.testing.assert_close(frame0_after, frame0_before, atol=0, rtol=0)
+    assert (front_after - front_before).abs().max() > 1e-3, "front tokens must see every frame"
 
 
 def test_full_attention_pattern_lets_patches_see_other_frames(tiny_config):
-    model = tiny_model(tiny_config, num_hidden_layers=1, attention_pattern="full")
-    video = random_video(tiny_config)
-    changed = video.clone()
-    changed[:, 1] += 1.0
-    with torch.no_grad():
-        before = model.vision_model(video).last_hidden_state
-        after = model.vision_model(changed).last_hidden_state
-    front, patches = 1 + tiny_config.vision_config.num_proxies, model.vision_model.embeddings.num_patches
-    assert (after[:, front : front + patches] - before[:, front : front + patches]).abs().max() > 1e-3
+    _, (frame0_before, frame0_after) = outputs_before_and_after_changing_frame_1(tiny_config, "full")
+    assert (frame0_after - frame0_before).abs().max() > 1e-3
 
 
 def test_eager_attentions_are_dense_with_zeros_where_attention_is_not_allowed(tiny_config):
