@@ -21,7 +21,7 @@ from modeling_clip_vip.convert_clip_vip_original_to_hf import convert_original_c
 from modeling_clip_vip.modeling_clip_vip import ClipVipModel
 from modeling_clip_vip.processing_clip_vip import ClipVipProcessor
 
-from .data import ClipVipCollator, build_video_text_dataset
+from .data import MANIFEST_BUILDERS, ClipVipCollator, build_video_text_dataset
 from .losses import required_sources
 from .tokenization import build_word_tokenizer
 from .trainer import ClipVipTrainer, ClipVipTrainingArguments
@@ -84,9 +84,7 @@ def manifest_words(paths: list[str], columns: tuple[str, ...]) -> set[str]:
     """Every lower-case word in the given text columns of the manifests (for `build_word_tokenizer`)."""
     words = set()
     for path in paths:
-        rows = datasets.load_dataset(
-            {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[Path(path).suffix], data_files=path, split="train"
-        )
+        rows = datasets.load_dataset(MANIFEST_BUILDERS[Path(path).suffix.lower()], data_files=path, split="train")
         for column in columns:
             if column not in rows.column_names:
                 continue
