@@ -21,6 +21,7 @@ from modeling_clip_vip.convert_clip_vip_original_to_hf import convert_original_c
 from modeling_clip_vip.modeling_clip_vip import ClipVipModel
 from modeling_clip_vip.processing_clip_vip import ClipVipProcessor
 
+from .classification import load_for_inference
 from .data import MANIFEST_BUILDERS, ClipVipCollator, build_video_text_dataset
 from .losses import required_sources
 from .tokenization import build_word_tokenizer
@@ -212,8 +213,7 @@ def evaluate_model(
     dsl: bool = False, video_encoder: str = "proxy",
 ) -> dict[str, float]:
     """Retrieval metrics of a saved model on a test manifest; written to `output_dir/metrics.json`."""
-    model = ClipVipModel.from_pretrained(model_dir).eval()
-    processor = ClipVipProcessor.from_pretrained(model_dir)
+    model, processor = load_for_inference(model_dir)
     args = ClipVipTrainingArguments(
         output_dir=output_dir, per_device_eval_batch_size=batch_size, eval_dsl=dsl, video_encoder=video_encoder,
         report_to="none", remove_unused_columns=False,
