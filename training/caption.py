@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from modeling_clip_vip.processing_clip_vip import VideoDecodeError, decode_video
 
-from .data import MANIFEST_BUILDERS, VIDEO_EXTENSIONS
+from .data import MANIFEST_BUILDERS, VIDEO_EXTENSIONS, manifest_video, read_manifest
 
 PROGRESS_FILE = "progress.json"
 
@@ -78,20 +78,13 @@ class ClipRecord:
 
 
 def _manifest_records(manifest: Path, video_column: str, output_folder: Path) -> Iterator[ClipRecord]:
-    from datasets import load_dataset
-
-    rows = load_dataset(MANIFEST_BUILDERS[manifest.suffix.lower()], data_files=str(manifest), split="train",
-                        streaming=True)
-    folder = manifest.resolve().parent
-    for index, row in enumerate(rows):
-        video = row.get(video_column)
-        if not (isinstance(video, str) and video):
-            yield ClipRecord(row, None, f"{manifest} row {index}: no {video_column!r}")
-            continue
-        path = folder / video
-        # Relative paths stay relative (the set moves as a whole), now from the output manifest's folder.
-        row[video_column] = video if os.path.isabs(video) else os.path.relpath(path, output_folder)
-        yield ClipRecord(row, str(path), str(path))
+    for index, row in enumerate(read_manifest(manifest)):
+        path, name = manifest_video(manifest, row, index, video_column)
+        if path is not None:
+            video = row[video_column]
+            # Relative paths stay relative (the set moves as a whole), now from the output manifest's folder.
+            row[video_column] = video if os.path.isabs(video) else os.path.relpath(path, output_folder)
+        yield ClipRecord(row, path, name)
 
 
 def _shard_records(shards: list[str], video_column: str, output_file: Path) -> Iterator[ClipRecord]:

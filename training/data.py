@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import IterableDataset, Video, load_dataset
+from datasets import Dataset, IterableDataset, Video, load_dataset
 
 from modeling_clip_vip.processing_clip_vip import ClipVipProcessor, SamplingMode, VideoDecodeError, decode_video
 
@@ -89,6 +89,26 @@ class ClipVipBadSampleTracker:
         return f"{self.where}: {self.num_good} good samples, {self.num_bad} skipped ({self.bad_fraction:.2%})"
 
 
+def read_manifest(manifest: str | os.PathLike, streaming: bool = True) -> IterableDataset | Dataset:
+    """The rows of a manifest (`.jsonl`/`.json`/`.csv`/`.parquet`) with every column, streamed by default."""
+    suffix = Path(manifest).suffix.lower()
+    if suffix not in MANIFEST_BUILDERS:
+        raise ValueError(f"{manifest}: expected a manifest ({', '.join(MANIFEST_BUILDERS)})")
+    return load_dataset(MANIFEST_BUILDERS[suffix], data_files=os.fspath(manifest), split="train", streaming=streaming)
+
+
+def manifest_video(manifest: str | os.PathLike, row: dict, row_index: int, video_column: str) -> tuple[str | None, str]:
+    """`(path, name)` of a manifest row's video, the path taken relative to the manifest's folder.
+
+    A row without a video gives `(None, name)`, the name saying which row of which manifest it is.
+    """
+    video = row.get(video_column)
+    if isinstance(video, str) and video:
+        path = os.path.normpath(Path(manifest).absolute().parent / video)
+        return path, path
+    return None, f"{manifest} row {row_index}: no {video_column!r}"
+
+
 def _manifest_rows(
     parts: list[int],
     num_parts: int,
@@ -104,21 +124,14 @@ def _manifest_rows(
     iteration state on shared objects, so a second pass through one reader could start past the end and lose
     a part.
     """
-    folder = Path(manifest).resolve().parent
     for part, reader in zip(parts, readers):
         # `.iter`, not `for row in reader`: iterating a dataset in a DataLoader worker would split it by worker.
         rows = (dict(zip(batch, values)) for batch in reader.iter(batch_size=256) for values in zip(*batch.values()))
         for index, row in enumerate(rows):
             if index % num_parts != part:
                 continue
-            video = row.get(video_column)
-            path = str(folder / video) if isinstance(video, str) and video else None
-            yield {
-                "video": path,
-                "name": path or f"{manifest} row {index}: no {video_column!r}",
-                "text": row.get(text_column),
-                "caption": row.get(caption_column),
-            }
+            path, name = manifest_video(manifest, row, index, video_column)
+            yield {"video": path, "name": name, "text": row.get(text_column), "caption": row.get(caption_column)}
 
 
 def _webdataset_rows(shards: list[str], text_column: str, caption_column: str) -> IterableDataset:
@@ -247,16 +260,13 @@ def build_video_text_dataset(
     if all(f.endswith(".tar") for f in files):
         rows = _webdataset_rows(files, text_column, caption_column)
     elif len(files) == 1 and Path(files[0]).suffix.lower() in MANIFEST_BUILDERS:
-        builder = MANIFEST_BUILDERS[Path(files[0]).suffix.lower()]
         rows = IterableDataset.from_generator(
             _manifest_rows,
             gen_kwargs={
                 "parts": list(range(num_parts)),
                 "num_parts": num_parts,
                 # Resolved here: resolving data files inside DataLoader workers races in tqdm.
-                "readers": [
-                    load_dataset(builder, data_files=files[0], split="train", streaming=True) for _ in range(num_parts)
-                ],
+                "readers": [read_manifest(files[0]) for _ in range(num_parts)],
                 "manifest": files[0],
                 "video_column": video_column,
                 "text_column": text_column,

@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
 from modeling_clip_vip.configuration_clip_vip import ClipVipConfig
@@ -22,7 +21,7 @@ from modeling_clip_vip.modeling_clip_vip import ClipVipModel
 from modeling_clip_vip.processing_clip_vip import ClipVipProcessor
 
 from .classification import load_for_inference
-from .data import MANIFEST_BUILDERS, ClipVipCollator, build_video_text_dataset
+from .data import ClipVipCollator, build_video_text_dataset, read_manifest
 from .losses import required_sources
 from .tokenization import build_word_tokenizer
 from .trainer import ClipVipTrainer, ClipVipTrainingArguments
@@ -85,7 +84,7 @@ def manifest_words(paths: list[str], columns: tuple[str, ...]) -> set[str]:
     """Every lower-case word in the given text columns of the manifests (for `build_word_tokenizer`)."""
     words = set()
     for path in paths:
-        rows = datasets.load_dataset(MANIFEST_BUILDERS[Path(path).suffix.lower()], data_files=path, split="train")
+        rows = read_manifest(path, streaming=False)
         for column in columns:
             if column not in rows.column_names:
                 continue

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from modeling_clip_vip.processing_clip_vip import VideoDecodeError, decode_video
 
 from .classification import embed_texts, embed_videos, load_for_inference
-from .data import MANIFEST_BUILDERS, VIDEO_EXTENSIONS
+from .data import MANIFEST_BUILDERS, VIDEO_EXTENSIONS, manifest_video, read_manifest
 from .search_index import (
     CONFIG_FILE,
     FEATURES_COLUMN,
@@ -103,18 +103,9 @@ def iter_video_paths(input_path: str | Path, video_column: str = VIDEO_COLUMN) -
         return
     if input_path.suffix.lower() not in MANIFEST_BUILDERS:
         raise ValueError(f"expected a folder or a manifest ({', '.join(MANIFEST_BUILDERS)}), got {input_path}")
-    from datasets import load_dataset
-
-    rows = load_dataset(MANIFEST_BUILDERS[input_path.suffix.lower()], data_files=str(input_path), split="train",
-                        streaming=True)
-    folder = input_path.absolute().parent
-    for row_index, row in enumerate(rows):
-        video = row.get(video_column)
-        if isinstance(video, str) and video:
-            path = os.path.normpath(folder / video)
-            yield path, path
-        else:
-            yield f"{input_path} row {row_index}: no {video_column!r}", None
+    for row_index, row in enumerate(read_manifest(input_path)):
+        path, name = manifest_video(input_path, row, row_index, video_column)
+        yield name, path
 
 
 def _decode(video: tuple[str, str | None], num_frames: int) -> np.ndarray | VideoDecodeError:
