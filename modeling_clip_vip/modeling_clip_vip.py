@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT, offline_env
+from conftest import offline_env
 from modeling_clip_vip.processing_clip_vip import (
     ClipVipImageProcessor,
     ClipVipProcessor,

@@ -13,7 +13,7 @@ from conftest import TINY_CONFIG_DIR, offline_env
 from training.cli import main as clip_vip
 from training.synthetic_data import generate_moving_shapes
 from training.train import DataArguments, ModelArguments, train
-from training.trainer import ClipVipTrainingArguments
+from training.trainer import ClipVipTrainer, ClipVipTrainingArguments
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def shapes(tmp_path_factory) -> dict[str, Path]:
     return {**manifests, "config": root / "config"}
 
 
-def run(shapes, output_dir, **training_overrides) -> "ClipVipTrainer":  # noqa: F821
+def run(shapes, output_dir, **training_overrides) -> ClipVipTrainer:
     model_args = ModelArguments(config_name=str(shapes["config"]), build_tokenizer_from_data=True)
     data_args = DataArguments(
         train_file=[str(shapes["train"])], eval_file=[str(shapes["test"])], num_frames=4, max_text_length=16, num_parts=2
@@ -56,7 +56,7 @@ def test_training_from_random_weights_retrieves_held_out_clips_well_above_chance
 
 def test_resume_from_checkpoint_continues_from_the_saved_step(shapes, tmp_path):
     settings = dict(max_steps=6, save_strategy="steps", save_steps=3, logging_steps=1, dataloader_num_workers=0)
-    uninterrupted = run(shapes, tmp_path / "full", **settings)
+    run(shapes, tmp_path / "full", **settings)
     resumed = run(shapes, tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"), **settings)
     assert resumed.state.global_step == 6
     # The checkpoint's history (steps 1-3) followed by the three steps run after resuming, none repeated.
