@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
@@ -180,6 +181,9 @@ def _decode_wanted(container, stream, timeline: _Timeline | None, wanted: list[i
     and nothing is skipped. Returns whatever wanted frames the stream delivered (fewer if it ended early).
     """
     index_of = {pts: index for index, pts in enumerate(timeline.pts)} if timeline else None
+    # One converter for the clip: `frame.to_ndarray(format=...)` would set up a new one for every frame, which
+    # costs more than decoding a small frame. Not shared between calls, so threads decoding clips stay apart.
+    to_rgb = VideoReformatter()
     found: dict[int, np.ndarray] = {}
     pending = sorted(set(wanted))
     position = last_seek = -1  # indices of the last decoded frame and of the last keyframe sought
@@ -193,7 +197,7 @@ def _decode_wanted(container, stream, timeline: _Timeline | None, wanted: list[i
             else:
                 return found  # timestamps disagree with the packets: let the caller fall back
             if position in pending:
-                found[position] = frame.to_ndarray(format="rgb24")
+                found[position] = to_rgb.reformat(frame, format="rgb24").to_ndarray()
                 pending.remove(position)
                 if not pending:
                     return found
