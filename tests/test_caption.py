@@ -24,7 +24,7 @@ from training.train import DataArguments, ModelArguments, train
 from training.trainer import ClipVipTrainingArguments
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORDS = "a the red green blue circle square triangle on left right of dark frame near top bottom".split()
+WORDS = "a the red green blue circle square triangle on left right of grey frame near top bottom".split()
 NUM_CLIPS = 12
 
 

@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from modeling_clip_vip.processing_clip_vip import decode_video
 from training.cli import main
 from training.retrieval import retrieval_metrics
 
 MODELS = ("CLIP-ViP (video proxies)", "Full attention (ablation)", "Mean pooling (CLIP4Clip)")
 KEYS = ("clip_vip", "full_attention", "mean_pooling")
-COLUMNS = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr")
+COLUMNS = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "order_accuracy")
+SUBSETS = {"all queries": "all", "motion-dependent queries": "motion", "appear / disappear / recolour": "change"}
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +34,11 @@ def demo_run(tmp_path_factory):
 
 
 def table_rows(report: str) -> dict[tuple[str, str], list[float]]:
-    """`(queries, model) -> the eight numbers` of the report's markdown table."""
+    """`(queries, model) -> the nine numbers` of the report's markdown table."""
     rows = {}
     for line in report.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 10 and cells[1] in MODELS:
+        if len(cells) == 11 and cells[1] in MODELS:
             rows[cells[0], cells[1]] = [float(cell) for cell in cells[2:]]
     return rows
 
@@ -73,28 +75,52 @@ def test_demo_says_the_middle_frame_captions_stand_in_for_a_captioning_model(dem
         assert "stand in for `clip-vip caption`" in text
 
 
+def reference_order_accuracy(similarity: torch.Tensor, twin: torch.Tensor) -> torch.Tensor:
+    """Per clip (its own query): 1 if the query scores the clip above its reversed twin, 0.5 on a tie, else 0."""
+    scores = []
+    for clip in range(len(twin)):
+        own, reversed_twin = similarity[clip, clip].item(), similarity[clip, twin[clip]].item()
+        scores.append(0.5 if abs(own - reversed_twin) <= 1e-6 else float(own > reversed_twin))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def test_test_clips_come_in_time_reversed_pairs_with_opposite_texts(demo_run):
+    out_dir, _ = demo_run
+    records = [json.loads(line) for line in (out_dir / "data" / "test.jsonl").read_text().splitlines()]
+    for row, record in enumerate(records):
+        twin = records[record["twin"]]
+        assert twin["twin"] == row and twin["text"] != record["text"]
+        frames = decode_video(out_dir / "data" / record["video"], 8, with_middle_frame=False).frames
+        twin_frames = decode_video(out_dir / "data" / twin["video"], 8, with_middle_frame=False).frames
+        # Same frames in reverse order, up to the H.264 coding of each file.
+        assert np.abs(frames.astype(int) - twin_frames[::-1].astype(int)).mean() < 2.0
+
+
 def test_report_table_equals_a_recomputation_from_the_saved_features(demo_run):
     out_dir, _ = demo_run
     saved = torch.load(out_dir / "features.pt", weights_only=True)
-    motion = saved["motion_dependent"]
+    subsets, twin = saved["subsets"], saved["twin"]
     rows = table_rows((out_dir / "report.md").read_text())
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert len(rows) == 2 * len(MODELS) and 0 < motion.sum() < len(motion)
+    assert len(rows) == len(SUBSETS) * len(MODELS) and 0 < subsets["motion"].sum() < len(twin)
+    assert torch.equal(subsets["change"], ~subsets["motion"]) and torch.equal(twin[twin], torch.arange(len(twin)))
     for key, model in zip(KEYS, MODELS):
         features = saved["features"][key]
-        assert torch.equal(features["text_to_video"], torch.arange(len(motion)))  # one query per clip, in order
-        overall = retrieval_metrics(features["text"], features["video"], features["text_to_video"])
+        assert torch.equal(features["text_to_video"], torch.arange(len(twin)))  # one query per clip, in order
         similarity = F.normalize(features["text"], dim=-1) @ F.normalize(features["video"], dim=-1).T
         t2v, v2t = reference_ranks(similarity), reference_ranks(similarity.T)
-        expected = {
-            "all queries": overall,
-            "motion-dependent queries": reference_metrics(t2v[motion], "t2v") | reference_metrics(v2t[motion], "v2t"),
-        }
-        for queries, values in expected.items():
-            assert rows[queries, model] == [round(values[column], 1) for column in COLUMNS], (queries, model)
-            subset = "all" if queries == "all queries" else "motion"
+        order = reference_order_accuracy(similarity, twin)
+        for queries, subset in SUBSETS.items():
+            mask = subsets[subset]
+            expected = reference_metrics(t2v[mask], "t2v") | reference_metrics(v2t[mask], "v2t")
+            expected["order_accuracy"] = 100 * order[mask].mean().item()
+            if subset == "all":
+                overall = retrieval_metrics(features["text"], features["video"], features["text_to_video"])
+                ranked = COLUMNS[:-1]
+                assert [overall[column] for column in ranked] == pytest.approx([expected[column] for column in ranked])
+            assert rows[queries, model] == [round(expected[column], 1) for column in COLUMNS], (queries, model)
             for column in COLUMNS:
-                assert metrics[key][subset][column] == pytest.approx(values[column]), (key, subset, column)
+                assert metrics[key][subset][column] == pytest.approx(expected[column]), (key, subset, column)
 
 
 def test_training_curves_come_from_each_models_logged_losses(demo_run):

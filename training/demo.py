@@ -43,8 +43,10 @@ CAPTION_NOTE = (
     "The auxiliary captions (OCL source C) are the generator's descriptions of each clip's middle frame: they "
     "stand in for `clip-vip caption` run with a real image captioning model."
 )
-METRIC_COLUMNS = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr")
-SUBSETS = {"all": "all queries", "motion": "motion-dependent queries"}
+METRIC_COLUMNS = (
+    "t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "order_accuracy"
+)
+SUBSETS = {"all": "all queries", "motion": "motion-dependent queries", "change": "appear / disappear / recolour"}
 
 
 @dataclass
@@ -70,7 +72,9 @@ class DemoArguments:
 
     output_dir: str = field(default="clip-vip-demo", metadata={"help": "The report folder (data and models inside)."})
     num_train_clips: int = field(default=1008, metadata={"help": "Training clips (126 kinds, cycled)."})
-    num_test_clips: int = field(default=126, metadata={"help": "Test clips, one query each (126: every kind once)."})
+    num_test_clips: int = field(
+        default=126, metadata={"help": "Test clips, one query each: pairs of a clip and its time-reversed twin (even)."}
+    )
     num_frames: int = field(default=4, metadata={"help": "Frames sampled per clip (T); clips have twice as many."})
     image_size: int = field(default=32, metadata={"help": "Clip and model resolution in pixels."})
     patch_size: int = 8
@@ -145,32 +149,57 @@ def embed_test_set(trainer: ClipVipTrainer, manifest: Path, num_frames: int) -> 
     return {"text": text_features, "video": video_features, "text_to_video": text_to_video}
 
 
-def benchmark_metrics(
-    text_features: torch.Tensor, video_features: torch.Tensor, text_to_video: torch.Tensor, motion: torch.Tensor
-) -> dict[str, dict[str, float]]:
-    """Retrieval metrics (SPEC §6) over all queries and over the motion-dependent ones.
+def query_subsets(records: list[dict]) -> dict[str, torch.Tensor]:
+    """`(N,)` bool masks over the test clips: all, the moves (motion-dependent), the other events."""
+    motion = torch.tensor([record["motion_dependent"] for record in records])
+    return {"all": torch.ones_like(motion), "motion": motion, "change": ~motion}
 
-    Every query is ranked against the whole test set; the subset only selects which ranks are reported.
+
+def order_accuracy(similarity: torch.Tensor, text_to_video: torch.Tensor, twin: torch.Tensor) -> torch.Tensor:
+    """Per query: 1 if its clip outscores the clip's time-reversed twin, 0.5 on a tie, else 0.
+
+    Args:
+        similarity: `(N_t, N_v)`; text_to_video: `(N_t,)` long; twin: `(N_v,)` long, each clip's reversed twin.
+    """
+    rows = torch.arange(similarity.shape[0])
+    margin = similarity[rows, text_to_video] - similarity[rows, twin[text_to_video]]
+    # Mean pooling gives a clip and its reversal the same features up to summation order: a tie.
+    tie = margin.abs() <= 1e-6
+    return torch.where(tie, 0.5, (margin > 0).double())
+
+
+def benchmark_metrics(
+    text_features: torch.Tensor, video_features: torch.Tensor, text_to_video: torch.Tensor, twin: torch.Tensor,
+    subsets: dict[str, torch.Tensor],
+) -> dict[str, dict[str, float]]:
+    """Retrieval metrics (SPEC §6) and order accuracy (percent) per subset of queries.
+
+    Every query is ranked against the whole test set; a subset only selects which ranks are reported (its
+    queries for t2v, its clips for v2t).
 
     Args:
         text_features: `(N_t, d)`; video_features: `(N_v, d)`; text_to_video: `(N_t,)` long.
-        motion: `(N_v,)` bool, the clips whose text needs the order of the frames.
+        twin: `(N_v,)` long, each clip's time-reversed twin; subsets: name -> `(N_v,)` bool mask of clips.
     """
     similarity = F.normalize(text_features.float(), dim=-1) @ F.normalize(video_features.float(), dim=-1).T
     targets = F.one_hot(text_to_video.long(), video_features.shape[0]).bool()
     t2v, v2t = retrieval_ranks(similarity, targets), retrieval_ranks(similarity.T, targets.T)
-    masks = {"all": (torch.ones_like(t2v, dtype=torch.bool), torch.ones_like(v2t, dtype=torch.bool)),
-             "motion": (motion[text_to_video], motion)}
-    return {
-        subset: rank_metrics(t2v[text_mask], "t2v") | rank_metrics(v2t[video_mask], "v2t")
-        for subset, (text_mask, video_mask) in masks.items()
-    }
+    order = order_accuracy(similarity, text_to_video.long(), twin.long())
+    metrics = {}
+    for subset, clips in subsets.items():
+        queries = clips[text_to_video]
+        metrics[subset] = rank_metrics(t2v[queries], "t2v") | rank_metrics(v2t[clips], "v2t")
+        metrics[subset]["order_accuracy"] = 100.0 * order[queries].mean().item()
+    return metrics
 
 
 def markdown_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
-    """One row per (subset, model): t2v and v2t R@1/5/10 (%) and median rank."""
-    header = "| queries | model | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | v2t R@1 | v2t R@5 | v2t R@10 | v2t MdR |"
-    lines = [header, "|" + "---|" * 10]
+    """One row per (subset, model): t2v and v2t R@1/5/10 (%) and median rank, and order accuracy (%)."""
+    header = (
+        "| queries | model | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | v2t R@1 | v2t R@5 | v2t R@10 | v2t MdR "
+        "| order acc. |"
+    )
+    lines = [header, "|" + "---|" * (2 + len(METRIC_COLUMNS))]
     for subset, description in SUBSETS.items():
         for variant in VARIANTS:
             values = metrics[variant.key][subset]
@@ -246,22 +275,28 @@ def write_report(
         f"Three models trained from random weights on the same {args.num_train_clips} generated clips for "
         f"{args.max_steps} steps of batch {args.batch_size} ({args.num_frames} frames of {args.image_size} px, "
         f"width {args.hidden_size}, {args.num_layers} layers), evaluated on {len(records)} test clips with one "
-        f"query each. Motion-dependent queries ({num_motion} of them) name a direction of movement: any single "
-        "frame shows a still shape, and mean pooling of frame features cannot tell a move from its reverse.",
+        f"query each. The test clips come in pairs: a clip and the same clip played backwards, whose text names "
+        "the reverse event (left and right, up and down, appears and disappears, red to blue and blue to red). "
+        "Both hold the same frames, so only their order tells the two texts apart.",
         "",
         f"> {CAPTION_NOTE}",
         "",
         markdown_table(metrics),
         "",
         "R@k in percent, MdR the median rank (ranks from 1, ties counted against the true item). Every query is "
-        "ranked against the whole test set; the motion rows report the motion-dependent queries (t2v) and clips (v2t).",
+        "ranked against the whole test set; a row reports its subset's queries (t2v) and clips (v2t). "
+        f"Motion-dependent queries ({num_motion}) name the direction of a move; the others an appearance, "
+        "a disappearance or a change of colour. Order acc.: how often a query scores its own clip above the "
+        "clip's time-reversed twin (a tie counts half). Mean pooling gives both clips of a pair the same "
+        "features, so it sits at 50% by construction; a higher figure is temporal order the model has learned.",
         "",
         "Training seconds per model: "
         + ", ".join(f"{variant.name} {wall_seconds[variant.key]:.0f}" for variant in VARIANTS) + ".",
         "",
         "Files: `training_curves.png` (loss per step), `retrieval_examples.png` (top-3 clips per query), "
-        "`metrics.json`, `training_log.json` (the Trainers' log histories), `features.pt` (text/video features and each text's clip per model, to recompute the "
-        "table), `models/` (the trained model folders), `data/` (clips and manifests).",
+        "`metrics.json`, `training_log.json` (the Trainers' log histories), `features.pt` (text/video features "
+        "and each text's clip per model, each clip's twin, to recompute the table), `models/` (the trained model "
+        "folders), `data/` (clips and manifests).",
         "",
         "Options used: `" + json.dumps(asdict(args)) + "`",
     ]
@@ -271,15 +306,16 @@ def write_report(
 
 
 def pick_example_queries(records: list[dict], features: dict, count: int) -> list[int]:
-    """Motion-dependent queries, preferring those CLIP-ViP gets right and mean pooling gets wrong."""
-    motion = [index for index, record in enumerate(records) if record["motion_dependent"]]
+    """Queries CLIP-ViP gets right and mean pooling wrong first, moves before the other events."""
 
     def top1(key: str, query: int) -> bool:
         scores = features[key]["text"][query].float() @ F.normalize(features[key]["video"].float(), dim=-1).T
         return int(scores.argmax()) == int(features[key]["text_to_video"][query])
 
-    motion.sort(key=lambda query: (not top1("clip_vip", query), top1("mean_pooling", query)))
-    return motion[:count]
+    def preference(query: int) -> tuple[bool, bool, bool]:
+        return not top1("clip_vip", query), top1("mean_pooling", query), not records[query]["motion_dependent"]
+
+    return sorted(range(len(records)), key=preference)[:count]
 
 
 def run_demo(args: DemoArguments) -> Path:
@@ -308,11 +344,12 @@ def run_demo(args: DemoArguments) -> Path:
         features[variant.key] = embed_test_set(trainer, manifests["test"], args.num_frames)
 
     records = _manifest(manifests["test"])
-    motion = torch.tensor([record["motion_dependent"] for record in records])
+    subsets = query_subsets(records)
+    twin = torch.tensor([record["twin"] for record in records])
     metrics = {
-        key: benchmark_metrics(f["text"], f["video"], f["text_to_video"], motion) for key, f in features.items()
+        key: benchmark_metrics(f["text"], f["video"], f["text_to_video"], twin, subsets) for key, f in features.items()
     }
-    torch.save({"features": features, "motion_dependent": motion, "texts": [r["text"] for r in records],
+    torch.save({"features": features, "subsets": subsets, "twin": twin, "texts": [r["text"] for r in records],
                 "videos": [r["video"] for r in records]}, out_dir / "features.pt")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "training_log.json").write_text(json.dumps(histories, indent=1) + "\n")

@@ -1,6 +1,6 @@
 """A generated video-text set whose texts can only be matched by watching the video in order.
 
-Each clip shows one coloured shape on a dark background doing one thing: moving left, right, up or down,
+Each clip shows one coloured shape on a grey background doing one thing: moving left, right, up or down,
 appearing or disappearing half-way, or turning from one colour into another. Every clip gets two texts, the
 two text sources of OCL (SPEC §4):
 
@@ -8,14 +8,17 @@ two text sources of OCL (SPEC §4):
 - `caption` (source C), what an image captioning model would say about the middle frame alone ("a red
   circle near the left edge"): no motion. It stands in for `clip-vip caption` with a real captioning model.
 
-Clips that differ only in what happens over time look alike in any single frame, so retrieving them needs
-the order of the frames: these are the motion-dependent queries (`motion_dependent` in the manifest).
-Everything is seeded and deterministic. Videos are real H.264 mp4 files; the manifests are JSON lines.
+Every event played backwards is another event (left and right, up and down, appears and disappears, red to
+blue and blue to red), so a clip and its time-reversed twin hold the same frames and only their order tells
+the two texts apart. The test split is made of such pairs (`twin` in the manifest is the row of the other
+clip): mean pooling of frame features scores both clips of a pair alike, by construction. The moves are the
+motion-dependent queries (`motion_dependent` in the manifest). Everything is seeded and deterministic. Videos
+are real H.264 mp4 files; the manifests are JSON lines.
 """
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,13 @@ COLORS = {
 SHAPES = ("circle", "square", "triangle")
 MOVES = ("left", "right", "up", "down")
 EVENTS = MOVES + ("appears", "disappears", "changes")
-BACKGROUND = (20, 20, 30)
+REVERSED_EVENTS = {"left": "right", "right": "left", "up": "down", "down": "up", "appears": "disappears",
+                   "disappears": "appears", "changes": "changes"}
+# CLIP's normalisation mean, so background patches embed to almost nothing and the position embeddings tell
+# where the shape is. On a dark background the background patches drown the small initial position embeddings
+# after layer norm: a model trained from random weights then never learns which way a shape moves (measured:
+# a supervised left/right/up/down probe stayed at 50% within the axis after 600 steps; on grey, 98% at 200).
+BACKGROUND = (123, 117, 104)
 
 
 @dataclass
@@ -52,6 +61,12 @@ class ClipSpec:
     def motion_dependent(self) -> bool:
         """Only the order of the frames tells the direction of a move: any single frame shows a still shape."""
         return self.event in MOVES
+
+    def reversed(self) -> "ClipSpec":
+        """The clip played backwards: with an even frame count `n`, its frame `i` is this one's frame `n - 1 - i`."""
+        if self.event == "changes":
+            return replace(self, name=f"{self.name}r", color=self.color_to, color_to=self.color)
+        return replace(self, name=f"{self.name}r", event=REVERSED_EVENTS[self.event])
 
     def state_at(self, progress: float) -> tuple[bool, str]:
         """Whether the shape is visible at `progress` in [0, 1], and its colour then."""
@@ -106,8 +121,8 @@ def middle_frame_caption(spec: ClipSpec, num_frames: int) -> str:
     """What a captioning model would say about the middle frame: colour, shape, place; never the motion."""
     visible, color = spec.state_at((num_frames // 2) / max(num_frames - 1, 1))
     if not visible:
-        return "an empty dark frame"
-    return f"a {color} {spec.shape} {_position_words(spec.x, spec.y)} of a dark frame"
+        return "an empty grey frame"
+    return f"a {color} {spec.shape} {_position_words(spec.x, spec.y)} of a grey frame"
 
 
 def original_text(spec: ClipSpec, rng: np.random.Generator, noise: float = 0.3) -> str:
@@ -146,16 +161,24 @@ def sample_specs(num_clips: int, rng: np.random.Generator, prefix: str) -> list[
     return specs
 
 
+def with_reversed_twins(specs: list[ClipSpec]) -> list[ClipSpec]:
+    """Each clip followed by its time-reversed twin."""
+    return [clip for spec in specs for clip in (spec, spec.reversed())]
+
+
 def write_split(
     specs: list[ClipSpec], out_dir: str | os.PathLike, split: str, rng: np.random.Generator,
-    size: int, num_frames: int, noise: float,
+    size: int, num_frames: int, noise: float, paired: bool = False,
 ) -> Path:
-    """Write the clips of one split as mp4 files plus `<split>.jsonl`; returns the manifest's path."""
+    """Write the clips of one split as mp4 files plus `<split>.jsonl`; returns the manifest's path.
+
+    `paired`: the specs come as (clip, time-reversed twin) pairs; each record's `twin` is the other's row.
+    """
     out_dir = Path(out_dir)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     manifest = out_dir / f"{split}.jsonl"
     with open(manifest, "w") as handle:
-        for spec in specs:
+        for row, spec in enumerate(specs):
             frames = render_clip(spec, size, num_frames)
             video = Path(split) / f"{spec.name}.mp4"
             write_video(out_dir / video, num_frames, size=(size, size), fps=8, frame_fn=frames.__getitem__,
@@ -166,6 +189,7 @@ def write_split(
                 "caption": middle_frame_caption(spec, num_frames),
                 "event": spec.event,
                 "motion_dependent": spec.motion_dependent,
+                "twin": row ^ 1 if paired else None,
                 "spec": asdict(spec),
             }
             handle.write(json.dumps(record) + "\n")
@@ -183,12 +207,15 @@ def generate_moving_shapes(
 ) -> dict[str, Path]:
     """Generate train and test splits; returns `{"train": manifest, "test": manifest}`.
 
-    The test split has clean texts (no noise, nothing dropped), one per clip, as a benchmark's queries.
+    The test split is `num_test // 2` clips, each followed by its time-reversed twin, with clean texts (no
+    noise, nothing dropped), one per clip, as a benchmark's queries.
     """
+    if num_test % 2:
+        raise ValueError(f"num_test must be even (clips and their time-reversed twins), got {num_test}")
     rng = np.random.default_rng(seed)
     train_specs = sample_specs(num_train, rng, "train")
-    test_specs = sample_specs(num_test, rng, "test")
+    test_specs = with_reversed_twins(sample_specs(num_test // 2, rng, "test"))
     return {
         "train": write_split(train_specs, out_dir, "train", rng, size, num_frames, noise),
-        "test": write_split(test_specs, out_dir, "test", rng, size, num_frames, 0.0),
+        "test": write_split(test_specs, out_dir, "test", rng, size, num_frames, 0.0, paired=True),
     }
