@@ -163,7 +163,7 @@ def order_accuracy(similarity: torch.Tensor, text_to_video: torch.Tensor, twin: 
     """
     rows = torch.arange(similarity.shape[0])
     margin = similarity[rows, text_to_video] - similarity[rows, twin[text_to_video]]
-    # Mean pooling gives a clip and its reversal the same features up to summation order: a tie.
+    # Mean pooling of identical frames gives a clip and its reversal the same features up to summation order.
     tie = margin.abs() <= 1e-6
     return torch.where(tie, 0.5, (margin > 0).double())
 
@@ -287,8 +287,8 @@ def write_report(
         "ranked against the whole test set; a row reports its subset's queries (t2v) and clips (v2t). "
         f"Motion-dependent queries ({num_motion}) name the direction of a move; the others an appearance, "
         "a disappearance or a change of colour. Order acc.: how often a query scores its own clip above the "
-        "clip's time-reversed twin (a tie counts half). Mean pooling gives both clips of a pair the same "
-        "features, so it sits at 50% by construction; a higher figure is temporal order the model has learned.",
+        "clip's time-reversed twin (a tie counts half). Mean pooling sees the same frames in both clips of a pair "
+        "(up to video compression), so it sits near 50%; a higher figure is temporal order the model has learned.",
         "",
         "Training seconds per model: "
         + ", ".join(f"{variant.name} {wall_seconds[variant.key]:.0f}" for variant in VARIANTS) + ".",
