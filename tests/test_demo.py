@@ -13,6 +13,7 @@ from PIL import Image
 from modeling_clip_vip.processing_clip_vip import decode_video
 from training.cli import main
 from training.retrieval import retrieval_metrics
+from training.synthetic_data import COLORS, EVENTS, SHAPES, render_clip, sample_specs
 
 MODELS = ("CLIP-ViP (video proxies)", "Full attention (ablation)", "Mean pooling (CLIP4Clip)")
 KEYS = ("clip_vip", "full_attention", "mean_pooling")
@@ -82,6 +83,16 @@ def reference_order_accuracy(similarity: torch.Tensor, twin: torch.Tensor) -> to
         own, reversed_twin = similarity[clip, clip].item(), similarity[clip, twin[clip]].item()
         scores.append(0.5 if abs(own - reversed_twin) <= 1e-6 else float(own > reversed_twin))
     return torch.tensor(scores, dtype=torch.float64)
+
+
+def test_every_kind_of_clip_played_backwards_is_its_reversed_twin():
+    specs = sample_specs(len(SHAPES) * len(COLORS) * len(EVENTS), np.random.default_rng(0), "clip")
+    assert {spec.event for spec in specs} == set(EVENTS)
+    for spec in specs:
+        twin = spec.reversed()
+        assert np.array_equal(render_clip(twin, 32, 8), render_clip(spec, 32, 8)[::-1]), spec
+        assert twin.event != spec.event or twin.color != spec.color
+        assert twin.reversed().event == spec.event and twin.reversed().color == spec.color
 
 
 def test_test_clips_come_in_time_reversed_pairs_with_opposite_texts(demo_run):
