@@ -8,7 +8,10 @@ streamed data, the processor), embed the test set, and write a report folder:
 - the paper's ablation: the same with `attention_pattern="full"` (every token sees every token);
 - CLIP4Clip's mean pooling: every frame encoded as an image, frame features averaged (`video_encoder="mean_frames"`).
 
-The middle-frame captions of the generator stand in for `clip-vip caption` run with a real captioning model.
+The test clips come in pairs, a clip and the same clip played backwards (with the reverse event's text); besides
+retrieval metrics, the report gives each model's order accuracy, how often a query scores its own clip above the
+reversed twin. The middle-frame captions of the generator stand in for `clip-vip caption` run with a real
+captioning model.
 """
 
 import json
