@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from modeling_clip_vip.configuration_clip_vip import ClipVipConfig  # noqa: E402
 from modeling_clip_vip.processing_clip_vip import decode_video  # noqa: E402
 
-from .data import build_video_text_dataset  # noqa: E402
+from .data import build_video_text_dataset, read_manifest  # noqa: E402
 from .retrieval import rank_metrics, retrieval_ranks  # noqa: E402
 from .synthetic_data import generate_moving_shapes  # noqa: E402
 from .tokenization import build_word_tokenizer  # noqa: E402
@@ -138,15 +138,12 @@ def train_variant(
     return train(model_args, data_args, training_args)
 
 
-def _manifest(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def embed_test_set(trainer: ClipVipTrainer, manifest: Path, num_frames: int) -> dict[str, torch.Tensor]:
+def embed_test_set(
+    trainer: ClipVipTrainer, manifest: Path, num_videos: int, num_frames: int
+) -> dict[str, torch.Tensor]:
     """Text and video features of the test set, in manifest order (read as one part so the order is kept)."""
     dataset = build_video_text_dataset(manifest, num_frames, mode="uniform", num_parts=1)
     text_features, video_features, text_to_video = trainer.embed_dataset(dataset)
-    num_videos = len(_manifest(manifest))
     if video_features.shape[0] != num_videos:
         raise RuntimeError(f"embedded {video_features.shape[0]} of {num_videos} test clips: some failed to decode")
     return {"text": text_features, "video": video_features, "text_to_video": text_to_video}
@@ -271,9 +268,8 @@ def plot_retrieval_examples(
 
 
 def write_report(
-    args: DemoArguments, metrics: dict, manifests: dict[str, Path], wall_seconds: dict[str, float], out_dir: Path
+    args: DemoArguments, metrics: dict, records: list[dict], wall_seconds: dict[str, float], out_dir: Path
 ) -> Path:
-    records = _manifest(manifests["test"])
     num_motion = sum(record["motion_dependent"] for record in records)
     lines = [
         "# CLIP-ViP demo: what video proxies buy on a temporal benchmark",
@@ -336,6 +332,7 @@ def run_demo(args: DemoArguments) -> Path:
         data_dir, num_train=args.num_train_clips, num_test=args.num_test_clips, size=args.image_size,
         num_frames=2 * args.num_frames, seed=args.seed,
     )
+    records = read_manifest(manifests["test"], streaming=False).to_list()
     print(f"[demo] {CAPTION_NOTE}")
     words = manifest_words([str(manifests["train"]), str(manifests["test"])], ("text", "caption"))
     vocab_size = len(build_word_tokenizer(words))
@@ -347,9 +344,8 @@ def run_demo(args: DemoArguments) -> Path:
         trainer = train_variant(args, variant, manifests, vocab_size, out_dir / "models" / variant.key)
         wall_seconds[variant.key] = time.perf_counter() - started
         histories[variant.key] = trainer.state.log_history
-        features[variant.key] = embed_test_set(trainer, manifests["test"], args.num_frames)
+        features[variant.key] = embed_test_set(trainer, manifests["test"], len(records), args.num_frames)
 
-    records = _manifest(manifests["test"])
     subsets = query_subsets(records)
     twin = torch.tensor([record["twin"] for record in records])
     metrics = {
@@ -362,7 +358,7 @@ def run_demo(args: DemoArguments) -> Path:
     plot_training_curves(histories, out_dir / "training_curves.png")
     queries = pick_example_queries(records, args.num_examples)
     plot_retrieval_examples(features, records, data_dir, queries, out_dir / "retrieval_examples.png")
-    report = write_report(args, metrics, manifests, wall_seconds, out_dir)
+    report = write_report(args, metrics, records, wall_seconds, out_dir)
 
     print(markdown_table(metrics))
     print(f"[demo] {CAPTION_NOTE}")

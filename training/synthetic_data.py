@@ -11,9 +11,9 @@ two text sources of OCL (SPEC §4):
 Every event played backwards is another event (left and right, up and down, appears and disappears, red to
 blue and blue to red), so a clip and its time-reversed twin hold the same frames and only their order tells
 the two texts apart. The test split is made of such pairs (`twin` in the manifest is the row of the other
-clip): mean pooling of frame features scores both clips of a pair alike (up to video compression). The moves are the
-motion-dependent queries (`motion_dependent` in the manifest). Everything is seeded and deterministic. Videos
-are real H.264 mp4 files; the manifests are JSON lines.
+clip): mean pooling of frame features scores both clips of a pair alike (up to video compression). The moves
+are the motion-dependent queries (`motion_dependent` in the manifest). Everything is seeded and deterministic.
+Videos are real H.264 mp4 files; the manifests are JSON lines.
 """
 
 import json
