@@ -14,6 +14,11 @@ from transformers import HfArgumentParser
 ARGS_FILE_FLAG = "--args_file"
 
 
+def _parse(command: str, argv: list[str], *classes: type, **options) -> tuple:
+    """`argv` parsed into one instance of each of `classes`, with `clip-vip COMMAND` in the usage line."""
+    return HfArgumentParser(classes, prog=f"clip-vip {command}").parse_args_into_dataclasses(args=argv, **options)
+
+
 @dataclass
 class EvaluateArguments:
     model_dir: str = field(metadata={"help": "A saved ClipVipModel folder (with its processor)."})
@@ -28,9 +33,9 @@ def run_train(argv: list[str]) -> None:
     from .train import DataArguments, ModelArguments, train
     from .trainer import ClipVipTrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, ClipVipTrainingArguments), prog="clip-vip train")
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
-        args=argv, args_file_flag=ARGS_FILE_FLAG, look_for_args_file=False
+    model_args, data_args, training_args = _parse(
+        "train", argv, ModelArguments, DataArguments, ClipVipTrainingArguments,
+        args_file_flag=ARGS_FILE_FLAG, look_for_args_file=False,
     )
     trainer = train(model_args, data_args, training_args)
     print(f"Saved the trained model to {trainer.args.output_dir}")
@@ -39,8 +44,7 @@ def run_train(argv: list[str]) -> None:
 def run_evaluate(argv: list[str]) -> None:
     from .train import DataArguments, evaluate_model
 
-    parser = HfArgumentParser((EvaluateArguments, DataArguments), prog="clip-vip evaluate")
-    args, data_args = parser.parse_args_into_dataclasses(args=argv)
+    args, data_args = _parse("evaluate", argv, EvaluateArguments, DataArguments)
     metrics = evaluate_model(
         args.model_dir, args.test_file, args.output_dir, data_args, args.batch_size, args.dsl, args.video_encoder
     )
@@ -50,7 +54,7 @@ def run_evaluate(argv: list[str]) -> None:
 def run_caption(argv: list[str]) -> None:
     from .caption import CaptionArguments, caption_manifest
 
-    (args,) = HfArgumentParser((CaptionArguments,), prog="clip-vip caption").parse_args_into_dataclasses(args=argv)
+    (args,) = _parse("caption", argv, CaptionArguments)
     summary = caption_manifest(args)
     print(f"{summary.num_captioned} clips captioned, {summary.num_skipped} skipped "
           f"(listed in {summary.skipped_file}); wrote {summary.output_file}")
@@ -59,14 +63,14 @@ def run_caption(argv: list[str]) -> None:
 def run_demo(argv: list[str]) -> None:
     from .demo import DemoArguments, run_demo as demo
 
-    (args,) = HfArgumentParser((DemoArguments,), prog="clip-vip demo").parse_args_into_dataclasses(args=argv)
+    (args,) = _parse("demo", argv, DemoArguments)
     demo(args)
 
 
 def run_index(argv: list[str]) -> None:
     from .video_search import IndexArguments, build_video_index
 
-    (args,) = HfArgumentParser((IndexArguments,), prog="clip-vip index").parse_args_into_dataclasses(args=argv)
+    (args,) = _parse("index", argv, IndexArguments)
     summary = build_video_index(args)
     print(f"{summary.num_indexed} videos indexed ({summary.index_type}), {summary.num_skipped} skipped "
           f"(listed in {summary.skipped_file}); wrote {summary.output_dir}")
@@ -75,7 +79,7 @@ def run_index(argv: list[str]) -> None:
 def run_search(argv: list[str]) -> None:
     from .video_search import SearchArguments, search_videos
 
-    (args,) = HfArgumentParser((SearchArguments,), prog="clip-vip search").parse_args_into_dataclasses(args=argv)
+    (args,) = _parse("search", argv, SearchArguments)
     for rank, hit in enumerate(search_videos(args), 1):
         print(f"{rank:>4}  {hit.score:.4f}  {hit.video}")
 
@@ -83,7 +87,7 @@ def run_search(argv: list[str]) -> None:
 def run_classify(argv: list[str]) -> None:
     from .classification import ClassifyArguments, classify_files
 
-    (args,) = HfArgumentParser((ClassifyArguments,), prog="clip-vip classify").parse_args_into_dataclasses(args=argv)
+    (args,) = _parse("classify", argv, ClassifyArguments)
     for result in classify_files(args):
         print(result["video"])
         print("\n".join(f"  {score:.4f}  {label}" for label, score in result["scores"].items()))
@@ -92,7 +96,7 @@ def run_classify(argv: list[str]) -> None:
 def run_push(argv: list[str]) -> None:
     from .hub import ClipVipPushError, PushArguments, push_from_arguments
 
-    (args,) = HfArgumentParser((PushArguments,), prog="clip-vip push").parse_args_into_dataclasses(args=argv)
+    (args,) = _parse("push", argv, PushArguments)
     try:
         push_from_arguments(args)
     except ClipVipPushError as error:
