@@ -13,7 +13,8 @@ from PIL import Image
 from modeling_clip_vip.processing_clip_vip import decode_video
 from training.cli import main
 from training.retrieval import retrieval_metrics
-from training.synthetic_data import COLORS, EVENTS, SHAPES, render_clip, sample_specs
+from training.demo import pick_example_queries
+from training.synthetic_data import COLORS, EVENTS, SHAPES, generate_moving_shapes, render_clip, sample_specs
 
 MODELS = ("CLIP-ViP (video proxies)", "Full attention (ablation)", "Mean pooling (CLIP4Clip)")
 KEYS = ("clip_vip", "full_attention", "mean_pooling")
@@ -93,6 +94,19 @@ def test_every_kind_of_clip_played_backwards_is_its_reversed_twin():
         assert np.array_equal(render_clip(twin, 32, 8), render_clip(spec, 32, 8)[::-1]), spec
         assert twin.event != spec.event or twin.color != spec.color
         assert twin.reversed().event == spec.event and twin.reversed().color == spec.color
+
+
+def test_an_odd_number_of_test_clips_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="num_test must be even"):
+        generate_moving_shapes(tmp_path / "data", num_train=2, num_test=3)
+    assert not (tmp_path / "data").exists()
+
+
+def test_example_queries_are_the_first_of_each_kind_of_event_whatever_the_results():
+    events = ["left", "changes", "left", "appears", "down", "disappears", "appears", "right"]
+    records = [{"event": event} for event in events]
+    assert pick_example_queries(records, 4) == [3, 5, 1, 0]
+    assert pick_example_queries(records, 10) == [3, 5, 1, 0, 7, 4]
 
 
 def test_test_clips_come_in_time_reversed_pairs_with_opposite_texts(demo_run):
